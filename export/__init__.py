@@ -1,0 +1,1 @@
+"""igrec export: trained model -> ONNX artefact, parity checks, and the onnxruntime Scorer."""

@@ -1,0 +1,1 @@
+"""igrec offline ML: datasets, session graphs (numpy), networks, training, metrics. No Kafka here."""
