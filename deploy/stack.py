@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,6 @@ def find_maven() -> str:
 
 def fetch(settings: Settings, log: Callable[[str], None] = print) -> None:
     """Resolve Kafka and Neo4j jars from Maven Central into the cache; compile the Neo4j launcher."""
-    mvn = find_maven()
     repo = settings.cache_dir / "m2"
     for service in services(settings):
         marker = service.lib / ".complete"
@@ -118,7 +118,7 @@ def fetch(settings: Settings, log: Callable[[str], None] = print) -> None:
         log(f"resolving {service.name} from Maven Central into {service.lib} ...")
         shutil.rmtree(service.lib, ignore_errors=True)
         command = [
-            mvn, "-B", "-q", "-f", str(pom), f"-Dmaven.repo.local={repo}",
+            find_maven(), "-B", "-q", "-f", str(pom), f"-Dmaven.repo.local={repo}",
             "dependency:copy-dependencies", f"-DoutputDirectory={service.lib}", "-DincludeScope=runtime",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -338,7 +338,26 @@ COMMANDS: dict[str, Callable[[Service], list[str]]] = {"kafka": _kafka_command, 
 
 def up(settings: Settings, timeout: float = 180.0, log: Callable[[str], None] = print) -> dict[str, int]:
     """Start every service that is not running and wait until all are healthy; returns pid per service."""
+    find_java()
     fetch(settings, log=log)
+    with _stack_lock(settings):
+        return _start_all(settings, timeout, log)
+
+
+@contextlib.contextmanager
+def _stack_lock(settings: Settings) -> Iterator[None]:
+    """Serialise ``up`` and ``down`` on one state folder, so two of them at once cannot both start a server."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.state_dir / "stack.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another `igrec stack` command on {settings.state_dir} to finish ...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _start_all(settings: Settings, timeout: float, log: Callable[[str], None]) -> dict[str, int]:
     started: dict[str, subprocess.Popen] = {}
     pids: dict[str, int] = {}
     for service in services(settings):
@@ -388,22 +407,27 @@ def _wait_healthy(
 
 def down(settings: Settings, timeout: float = 60.0, log: Callable[[str], None] = print) -> None:
     """Stop every running service (SIGTERM, then SIGKILL after ``timeout`` seconds), Kafka first."""
-    for service in services(settings):
-        pid = read_pid(service)
-        if pid is None:
-            log(f"{service.name}: not running")
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _is_our_process(pid, service) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.2)
-        if _is_our_process(pid, service):
-            log(f"{service.name}: did not stop within {timeout:.0f}s; killing pid {pid}")
-            os.killpg(pid, signal.SIGKILL)
+    with _stack_lock(settings):
+        for service in services(settings):
+            _stop(service, timeout, log)
+
+
+def _stop(service: Service, timeout: float, log: Callable[[str], None]) -> None:
+    pid = read_pid(service)
+    if pid is None:
+        log(f"{service.name}: not running")
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _is_our_process(pid, service) and time.monotonic() < deadline:
         _reap(pid)
-        service.pid_file.unlink(missing_ok=True)
-        log(f"{service.name}: stopped")
+        time.sleep(0.2)
+    if _is_our_process(pid, service):
+        log(f"{service.name}: did not stop within {timeout:.0f}s; killing pid {pid}")
+        os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
+    service.pid_file.unlink(missing_ok=True)
+    log(f"{service.name}: stopped")
 
 
 def _reap(pid: int) -> None:

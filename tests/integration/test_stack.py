@@ -1,0 +1,101 @@
+"""The stack's own behaviour: idempotent start, stale pid files, and errors that name the fix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy import stack
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _igrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    return os.environ | {
+        "IGREC_STATE_DIR": str(settings.state_dir),
+        "IGREC_KAFKA_PORT": str(settings.kafka_port),
+        "IGREC_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+        "IGREC_NEO4J_PORT": str(settings.neo4j_port),
+    } | extra
+
+
+def test_starting_twice_keeps_the_same_servers(settings: Settings) -> None:
+    before = stack.status(settings)
+    result = _igrec(["stack", "up"], _env_for(settings))
+    assert result.returncode == 0, result.stderr
+    assert "kafka: already running" in result.stdout and "neo4j: already running" in result.stdout
+    after = stack.status(settings)
+    assert {name: entry["pid"] for name, entry in after.items()} == {n: e["pid"] for n, e in before.items()}
+    assert all(entry["healthy"] for entry in after.values())
+
+
+def test_status_exit_code_tells_healthy(settings: Settings, tmp_path: Path) -> None:
+    assert _igrec(["stack", "status"], _env_for(settings)).returncode == 0
+    empty = _env_for(settings.replace(state_dir=tmp_path / "nothing-here"))
+    assert _igrec(["stack", "status"], empty).returncode == 1
+
+
+def test_port_taken_is_explained(settings: Settings, tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        blocked = settings.replace(state_dir=tmp_path / "state", kafka_port=port)
+        result = _igrec(["stack", "up", "--timeout", "30"], _env_for(blocked))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "IGREC_KAFKA_PORT" in result.stderr, "the error must name the fix"
+    assert not (tmp_path / "state" / "kafka" / "kafka.pid").exists(), "nothing may be left half-started"
+
+
+def test_missing_java_is_explained(settings: Settings, tmp_path: Path) -> None:
+    env = _env_for(settings.replace(state_dir=tmp_path / "state"), PATH=str(Path(sys.executable).parent))
+    env.pop("JAVA_HOME", None)
+    result = _igrec(["stack", "up"], env)
+    assert result.returncode == 1
+    assert "java not found" in result.stderr
+    assert "apt-get install -y openjdk-17-jdk-headless" in result.stderr
+
+
+def test_too_old_java_is_explained(settings: Settings, tmp_path: Path) -> None:
+    fake_home = tmp_path / "jdk11"
+    (fake_home / "bin").mkdir(parents=True)
+    fake_java = fake_home / "bin" / "java"
+    fake_java.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake_java.chmod(0o755)
+    result = _igrec(["stack", "up"], _env_for(settings.replace(state_dir=tmp_path / "s"), JAVA_HOME=str(fake_home)))
+    assert result.returncode == 1
+    assert "Java 11" in result.stderr and "17+" in result.stderr
+
+
+def test_stale_pid_file_is_detected_and_removed(settings: Settings, tmp_path: Path, capsys) -> None:
+    stale = settings.replace(state_dir=tmp_path / "state")
+    service = stack.services(stale)[0]
+    service.home.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    service.pid_file.write_text(str(dead.pid))
+    assert stack.read_pid(service) is None
+    assert "stale pid file" in capsys.readouterr().out
+    assert not service.pid_file.exists()
+
+
+def test_pid_of_an_unrelated_process_is_not_ours(settings: Settings, tmp_path: Path, capsys) -> None:
+    stale = settings.replace(state_dir=tmp_path / "state")
+    service = stack.services(stale)[1]
+    service.home.mkdir(parents=True)
+    service.pid_file.write_text(str(os.getpid()))
+    assert stack.read_pid(service) is None, "a recycled pid running something else must not count as Neo4j"
+    assert "stale pid file" in capsys.readouterr().out
