@@ -59,8 +59,10 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
         stack.fetch(settings)
     elif args.action == "up":
         stack.up(settings, timeout=args.timeout)
-        print(f"stack ready: Kafka {settings.bootstrap_servers}, Neo4j {settings.neo4j_url} "
-              f"(user {settings.neo4j_user}, password in {settings.neo4j_password_file})")
+        print(
+            f"stack ready: Kafka {settings.bootstrap_servers}, Neo4j {settings.neo4j_url} "
+            f"(user {settings.neo4j_user}, password in {settings.neo4j_password_file})"
+        )
     elif args.action == "down":
         stack.down(settings, timeout=args.timeout)
     else:

@@ -1,0 +1,25 @@
+"""Create igrec's topics (idempotently) with the configured partition count."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.settings import Settings
+
+
+async def ensure_topics(settings: Settings, names: list[str] | None = None) -> dict[str, int]:
+    """Create the missing topics among ``names`` (default: every igrec topic); returns partitions per topic."""
+    wanted = names if names is not None else list(settings.topics.values())
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            await admin.create_topics(
+                [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1) for name in missing]
+            )
+        described = await admin.describe_topics(wanted)
+        return {entry["topic"]: len(entry["partitions"]) for entry in described}
+    finally:
+        await admin.close()
