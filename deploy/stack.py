@@ -405,11 +405,14 @@ def _wait_healthy(
     )
 
 
-def down(settings: Settings, timeout: float = 60.0, log: Callable[[str], None] = print) -> None:
-    """Stop every running service (SIGTERM, then SIGKILL after ``timeout`` seconds), Kafka first."""
+def down(
+    settings: Settings, timeout: float = 60.0, log: Callable[[str], None] = print, only: str | None = None
+) -> None:
+    """Stop the running services, or just ``only`` (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
     with _stack_lock(settings):
         for service in services(settings):
-            _stop(service, timeout, log)
+            if only in (None, service.name):
+                _stop(service, timeout, log)
 
 
 def _stop(service: Service, timeout: float, log: Callable[[str], None]) -> None:

@@ -54,6 +54,7 @@ class Settings:
     topic_enriched: str = "igrec.events.enriched"
     topic_triples: str = "igrec.kg.triples"
     topic_dlq: str = "igrec.events.dlq"
+    topic_triples_dlq: str = "igrec.kg.triples.dlq"
     topic_partitions: int = 4
 
     state_dir: Path = ROOT / ".state"
@@ -66,6 +67,8 @@ class Settings:
     neo4j_heap: str = "1g"
 
     def __post_init__(self) -> None:
+        for name in ("state_dir", "cache_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)).expanduser().absolute())
         if self.kafka_security_protocol not in SECURITY_PROTOCOLS:
             raise SettingsError(
                 f"IGREC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}: use one of {SECURITY_PROTOCOLS}"
@@ -169,6 +172,7 @@ class Settings:
             "enriched": self.topic_enriched,
             "triples": self.topic_triples,
             "dlq": self.topic_dlq,
+            "triples_dlq": self.topic_triples_dlq,
         }
 
 

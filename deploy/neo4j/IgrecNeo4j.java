@@ -10,6 +10,7 @@ import org.neo4j.configuration.connectors.HttpConnector;
 import org.neo4j.configuration.helpers.SocketAddress;
 import org.neo4j.dbms.api.DatabaseManagementService;
 import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
+import org.neo4j.graphdb.QueryExecutionException;
 import org.neo4j.io.ByteUnit;
 
 /**
@@ -48,9 +49,20 @@ public final class IgrecNeo4j {
             stopped.countDown();
         }));
 
-        dbms.database(GraphDatabaseSettings.SYSTEM_DATABASE_NAME).executeTransactionally(
-            "ALTER USER neo4j SET PASSWORD $password CHANGE NOT REQUIRED", Map.of("password", password));
+        setPassword(dbms, password);
         System.out.println("igrec-neo4j: ready on bolt://" + host + ":" + port);
         stopped.await();
+    }
+
+    /** Make PASSWORD the password of user neo4j; on a restart with the same password nothing changes. */
+    private static void setPassword(DatabaseManagementService dbms, String password) {
+        try {
+            dbms.database(GraphDatabaseSettings.SYSTEM_DATABASE_NAME).executeTransactionally(
+                "ALTER USER neo4j SET PASSWORD $password CHANGE NOT REQUIRED", Map.of("password", password));
+        } catch (QueryExecutionException error) {
+            if (!error.getMessage().contains("Old password and new password cannot be the same")) {
+                throw error;
+            }
+        }
     }
 }

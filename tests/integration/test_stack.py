@@ -99,3 +99,19 @@ def test_pid_of_an_unrelated_process_is_not_ours(settings: Settings, tmp_path: P
     service.pid_file.write_text(str(os.getpid()))
     assert stack.read_pid(service) is None, "a recycled pid running something else must not count as Neo4j"
     assert "stale pid file" in capsys.readouterr().out
+
+
+def test_restart_keeps_data_and_password(settings: Settings) -> None:
+    from neo4j import GraphDatabase
+
+    marker = f"restart-{os.getpid()}-{id(settings)}"
+    with GraphDatabase.driver(settings.neo4j_url, auth=settings.neo4j_auth()) as driver:
+        driver.execute_query("MERGE (:Item {id: $id})", id=marker, database_=settings.neo4j_database)
+    stack.down(settings, only="neo4j")
+    assert stack.status(settings)["neo4j"]["pid"] is None
+    stack.up(settings)
+    with GraphDatabase.driver(settings.neo4j_url, auth=settings.neo4j_auth()) as driver:
+        records, _, _ = driver.execute_query(
+            "MATCH (n:Item {id: $id}) RETURN count(n) AS n", id=marker, database_=settings.neo4j_database
+        )
+    assert records[0]["n"] == 1
