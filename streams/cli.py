@@ -49,11 +49,67 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", default=None, help="split folder (default: ../shared/data/diginetica/srgnn_split)")
     demo.add_argument("--sessions", type=int, default=200, help="how many test sessions to publish")
     demo.set_defaults(func=_demo)
+
+    sink = commands.add_parser(
+        "sink",
+        help="run the Neo4j sink: igrec.kg.triples -> Neo4j (batched, idempotent)",
+        description="Consume the triples topic in the consumer group igrec-neo4j-sink and write each poll as one "
+        "Neo4j transaction of UNWIND + MERGE statements; offsets are committed only after Neo4j commits; malformed "
+        "triples go to the triples DLQ with the reason. Waits with backoff while Neo4j is unreachable.",
+    )
+    sink.add_argument("--batch-size", type=int, default=5000, help="most triples per Neo4j transaction")
+    sink.add_argument("--until-caught-up", action="store_true", help="exit once every triple so far is written")
+    sink.set_defaults(func=_sink)
+
+    kg = commands.add_parser("kg", help="the knowledge graph in Neo4j: summary counts, bulk load of item knowledge")
+    kg_commands = kg.add_subparsers(dest="kg_command", required=True, metavar="KG_COMMAND")
+    kg_commands.add_parser("summary", help="node counts per label and relationship counts per type").set_defaults(
+        func=_kg_summary
+    )
+    near = kg_commands.add_parser(
+        "neighbourhood",
+        help="the nodes and relationships around an item or a user; --png draws them",
+        description="Prints the paths of up to --hops relationships around one node as JSON; with --png also draws "
+        "them (force layout, nodes coloured by label).",
+    )
+    near.add_argument("label", choices=["Item", "User", "Session", "Category", "Keyword", "Entity", "Interest"])
+    near.add_argument("id", help="the node's id")
+    near.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
+    near.add_argument("--limit", type=int, default=60, help="most paths to fetch")
+    near.add_argument("--png", help="write a picture of the subgraph here")
+    near.set_defaults(func=_kg_neighbourhood)
+    rdf = kg_commands.add_parser(
+        "rdf",
+        help="export the graph as Turtle that neosemantics (n10s) imports",
+        description="Writes every igrec node and relationship as Turtle: nodes <urn:igrec:Label/id> typed with their "
+        "label, properties as literals, relationships as object properties; relationship properties as RDF-star "
+        "annotations (n10s format 'Turtle-star') unless --no-star.",
+    )
+    rdf.add_argument("--out", required=True, help="output .ttl file")
+    rdf.add_argument("--no-star", action="store_true", help="plain Turtle, without relationship properties")
+    rdf.set_defaults(func=_kg_rdf)
+    load = kg_commands.add_parser(
+        "load",
+        help="publish a kg.txt (item relation entity) to the triples topic, through the same sink path",
+        description="Reads `item relation entity` lines (e.g. ../shared/data/session_kg_dsrhk/Tmall/kg.txt), "
+        "publishes them as triples to igrec.kg.triples, and with --sink runs the sink until they are in Neo4j.",
+    )
+    load.add_argument("path", help="kg.txt file; relation names from a relations.txt beside it if present")
+    load.add_argument("--prefix", default="", help="prefix for every node id (keeps datasets apart)")
+    load.add_argument("--limit", type=int, default=None, help="load only the first N lines")
+    load.add_argument("--sink", action="store_true", help="also run the sink until everything is written")
+    load.set_defaults(func=_kg_load)
+
+    from model.cli import add_subcommands
+
+    add_subcommands(commands)
     return parser
 
 
-def _stack(args: argparse.Namespace, settings: Settings) -> int:
+def _stack(args: argparse.Namespace) -> int:
     from deploy import stack
+
+    settings = args.settings
 
     if args.action == "fetch":
         stack.fetch(settings)
@@ -72,17 +128,97 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
+def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
-    return run_demo(settings, dataset=args.dataset, n_sessions=args.sessions)
+    return run_demo(args.settings, dataset=args.dataset, n_sessions=args.sessions)
+
+
+def _sink(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from streams.neo4j_sink import Neo4jSink
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sink = Neo4jSink(
+        args.settings,
+        batch_size=args.batch_size,
+        on_batch=lambda s: logging.getLogger("igrec.sink").info(
+            "batches %d, written %d, dead-lettered %d", s.batches, s.written, s.dead_lettered
+        ),
+    )
+    stats = asyncio.run(sink.run(until_caught_up=args.until_caught_up))
+    print(json.dumps(stats.__dict__, indent=2))
+    return 0
+
+
+def _kg_summary(args: argparse.Namespace) -> int:
+    from streams.neo4j_sink import connect, counts
+
+    with connect(args.settings) as driver:
+        print(json.dumps(counts(driver, args.settings.neo4j_database), indent=2))
+    return 0
+
+
+def _kg_neighbourhood(args: argparse.Namespace) -> int:
+    from streams.kg import draw, neighbourhood
+    from streams.neo4j_sink import connect
+
+    with connect(args.settings) as driver:
+        graph = neighbourhood(driver, args.settings.neo4j_database, args.label, args.id, args.hops, args.limit)
+    if not graph.nodes:
+        print(f"no {args.label} with id {args.id!r}, or it has no relationships", file=sys.stderr)
+        return 1
+    nodes = {key: {"label": label, "id": node_id} for key, (label, node_id, _) in graph.nodes.items()}
+    rels = [
+        {"head": nodes[h]["id"], "type": rel, "props": props, "tail": nodes[t]["id"]} for h, rel, props, t in graph.rels
+    ]
+    print(json.dumps({"nodes": list(nodes.values()), "relationships": rels}, indent=2, default=str))
+    if args.png:
+        print(f"picture: {draw(graph, args.png, title=f'{args.label} {args.id}: {args.hops}-hop neighbourhood')}")
+    return 0
+
+
+def _kg_rdf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.kg import all_graph, to_turtle
+    from streams.neo4j_sink import connect
+
+    with connect(args.settings) as driver:
+        graph = all_graph(driver, args.settings.neo4j_database)
+    Path(args.out).write_text(to_turtle(graph, star=not args.no_star))
+    print(f"wrote {len(graph.nodes)} nodes and {len(graph.rels)} relationships to {args.out}")
+    return 0
+
+
+def _kg_load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from streams.kg import kg_txt_triples
+    from streams.neo4j_sink import Neo4jSink
+    from streams.replay import publish_payloads
+
+    triples = list(kg_txt_triples(args.path, prefix=args.prefix, limit=args.limit))
+    payloads = [t.to_json() for t in tqdm(triples, desc="encode", unit="triple")]
+    asyncio.run(publish_payloads(args.settings, args.settings.topic_triples, payloads, desc="publish triples"))
+    print(f"published {len(payloads)} triples to {args.settings.topic_triples}")
+    if args.sink:
+        with tqdm(total=len(payloads), desc="write Neo4j", unit="triple") as bar:
+            sink = Neo4jSink(args.settings, on_batch=lambda s: bar.update(s.messages - bar.n))
+            stats = asyncio.run(sink.run(until_caught_up=True))
+        print(f"sink: {stats.written} written, {stats.dead_lettered} dead-lettered, {stats.batches} batches")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings.load(args.config)
-        return args.func(args, settings)
+        args.settings = Settings.load(args.config)
+        return args.func(args) or 0
     except SettingsError as error:
         print(f"igrec: configuration error: {error}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from streams import neo4j_sink
 from streams.replay import cases_to_sessions, publish, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
+from streams.triples import Triple, edge
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split"
 
@@ -52,16 +53,17 @@ async def _round_trip(settings: Settings, events: list[dict]) -> list[dict]:
         await consumer.stop()
 
 
-def _click_rows(events: list[dict]) -> list[dict]:
-    """Neo4j click rows: each event's position is its rank by time within its session."""
-    rows = []
-    for session_id in {e["session_id"] for e in events}:
+def _click_triples(events: list[dict]) -> list[Triple]:
+    """HAD and CLICKED {pos, ts} facts; a click's position is its rank by time within its session."""
+    triples = []
+    for session_id in sorted({e["session_id"] for e in events}):
         clicks = sorted((e for e in events if e["session_id"] == session_id), key=lambda e: e["ts"])
-        rows.extend(
-            {"user": e["user_id"], "session": session_id, "item": e["item_id"], "pos": pos, "ts": e["ts"]}
+        triples.append(edge(("User", clicks[0]["user_id"]), "HAD", ("Session", session_id)))
+        triples.extend(
+            edge(("Session", session_id), "CLICKED", ("Item", e["item_id"]), pos=pos, ts=e["ts"])
             for pos, e in enumerate(clicks)
         )
-    return rows
+    return triples
 
 
 def run_demo(settings: Settings, dataset: str | None, n_sessions: int) -> int:
@@ -79,12 +81,12 @@ def run_demo(settings: Settings, dataset: str | None, n_sessions: int) -> int:
         return 1
     print(f"consumed all {len(received)} events back, none lost or altered")
 
-    rows = _click_rows(received)
+    triples = _click_triples(received)
     with neo4j_sink.connect(settings) as driver:
         neo4j_sink.ensure_schema(driver, settings.neo4j_database)
-        neo4j_sink.write_clicks(driver, settings.neo4j_database, rows)
+        neo4j_sink.write_triples(driver, settings.neo4j_database, triples)
         once = neo4j_sink.counts(driver, settings.neo4j_database)
-        neo4j_sink.write_clicks(driver, settings.neo4j_database, rows)
+        neo4j_sink.write_triples(driver, settings.neo4j_database, triples)
         twice = neo4j_sink.counts(driver, settings.neo4j_database)
     if once != twice:
         print(f"FAILED: writing the same clicks twice changed the graph: {once} -> {twice}")

@@ -1,27 +1,37 @@
-"""Writes to Neo4j: the schema (uniqueness constraints) and batched, idempotent UNWIND + MERGE writes.
+"""The Neo4j sink: ``igrec.kg.triples`` -> Neo4j, batched, idempotent, and safe across crashes and outages.
 
-Every write sets absolute values, so replaying the same rows leaves the graph unchanged.
+Each poll of up to ``batch_size`` messages becomes one managed write transaction of ``UNWIND $rows ...
+MERGE`` statements, one per relationship type or node label. Kafka offsets are committed only after Neo4j
+has committed, so a crash re-delivers at most the last batch, and since every value is an absolute (``SET
+r += row.props``), writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
+and their source topic/partition/offset. While Neo4j is unreachable the sink waits with backoff and keeps
+the batch; nothing is skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
 from neo4j import Driver, GraphDatabase, ManagedTransaction
+from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
 from streams.settings import Settings
+from streams.topics import ensure_topics
+from streams.triples import NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
 
-LABELS = ("User", "Session", "Item", "Category", "Keyword", "Entity", "Interest")
+log = logging.getLogger("igrec.sink")
+RETRYABLE = (ServiceUnavailable, SessionExpired, TransientError, ConnectionError, OSError)
+SINK_GROUP = "igrec-neo4j-sink"
 
-CLICKS_CYPHER = """
-UNWIND $rows AS row
-MERGE (u:User {id: row.user})
-MERGE (s:Session {id: row.session})
-MERGE (u)-[:HAD]->(s)
-MERGE (i:Item {id: row.item})
-MERGE (s)-[c:CLICKED {pos: row.pos}]->(i)
-SET c.ts = row.ts
-"""
+
+# ---------------------------------------------------------------- schema and Cypher
 
 
 def connect(settings: Settings) -> Driver:
@@ -33,35 +43,229 @@ def connect(settings: Settings) -> Driver:
 
 def ensure_schema(driver: Driver, database: str) -> None:
     """Create the uniqueness constraint on ``id`` for every igrec label (idempotent)."""
-    for label in LABELS:
+    for label in NODE_LABELS:
         driver.execute_query(
             f"CREATE CONSTRAINT {label.lower()}_id IF NOT EXISTS FOR (n:{label}) REQUIRE n.id IS UNIQUE",
             database_=database,
         )
 
 
-def _write_clicks(tx: ManagedTransaction, rows: Sequence[dict]) -> None:
-    tx.run(CLICKS_CYPHER, rows=list(rows))
+def node_cypher(label: str) -> str:
+    return f"UNWIND $rows AS row MERGE (n:{label} {{id: row.id}}) SET n += row.props"
 
 
-def write_clicks(driver: Driver, database: str, rows: Sequence[dict], batch_size: int = 2000) -> None:
-    """MERGE users, sessions, items and CLICKED {pos, ts} edges, in batches of managed write transactions.
+def edge_cypher(rel: str) -> str:
+    """MERGE both endpoints and the relationship, identified by the type's key properties."""
+    spec = RELATIONSHIPS[rel]
+    key = ", ".join(f"{name}: row.props.{name}" for name in spec.key)
+    key_map = f" {{{key}}}" if key else ""
+    return (
+        f"UNWIND $rows AS row "
+        f"MERGE (h:{spec.head} {{id: row.head}}) SET h += row.head_props "
+        f"MERGE (t:{spec.tail} {{id: row.tail}}) SET t += row.tail_props "
+        f"MERGE (h)-[r:{rel}{key_map}]->(t) SET r += row.props"
+    )
 
-    Each row: ``{"user", "session", "item", "pos", "ts"}``.
+
+NODE_CYPHER = {label: node_cypher(label) for label in NODE_LABELS}
+EDGE_CYPHER = {rel: edge_cypher(rel) for rel in RELATIONSHIPS}
+
+
+def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
+    """Group triples into (Cypher, rows) pairs: one statement per node label / relationship type.
+
+    Rows keep message order within a group, so when one batch carries two values of the same property
+    the later one wins, as it would one message at a time.
     """
+    groups: dict[str, list[dict]] = {}
+    for t in triples:
+        if t.rel is None:
+            groups.setdefault(NODE_CYPHER[t.head_label], []).append({"id": t.head_id, "props": t.head_props})
+        else:
+            groups.setdefault(EDGE_CYPHER[t.rel], []).append(
+                {
+                    "head": t.head_id,
+                    "head_props": t.head_props,
+                    "tail": t.tail_id,
+                    "tail_props": t.tail_props or {},
+                    "props": t.props or {},
+                }
+            )
+    return list(groups.items())
+
+
+def _run_all(tx: ManagedTransaction, work: Sequence[tuple[str, list[dict]]]) -> None:
+    for cypher, rows in work:
+        tx.run(cypher, rows=rows).consume()
+
+
+def write_triples(driver: Driver, database: str, triples: Sequence[Triple]) -> None:
+    """Write ``triples`` in one managed transaction (the driver retries transient failures)."""
     with driver.session(database=database) as session:
-        for begin in range(0, len(rows), batch_size):
-            session.execute_write(_write_clicks, rows[begin : begin + batch_size])
+        session.execute_write(_run_all, statements(triples))
+
+
+def write_with_backoff(
+    driver: Driver,
+    database: str,
+    triples: Sequence[Triple],
+    *,
+    max_wait: float = 10.0,
+    give_up_after: float | None = None,
+) -> int:
+    """``write_triples``, retried with exponential backoff while Neo4j is unreachable; returns the retries."""
+    delay, retries, began = 0.5, 0, time.monotonic()
+    while True:
+        try:
+            write_triples(driver, database, triples)
+            return retries
+        except RETRYABLE as error:
+            if give_up_after is not None and time.monotonic() - began > give_up_after:
+                raise
+            retries += 1
+            log.warning("Neo4j write failed (%s); retry %d in %.1f s", type(error).__name__, retries, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_wait)
 
 
 def counts(driver: Driver, database: str) -> dict[str, int]:
-    """Node counts per igrec label and relationship counts per type."""
+    """Node counts per igrec label and relationship counts per type (zeros left out)."""
     result: dict[str, int] = {}
-    for label in LABELS:
+    for label in NODE_LABELS:
         records, _, _ = driver.execute_query(f"MATCH (n:{label}) RETURN count(n) AS n", database_=database)
-        result[label] = records[0]["n"]
+        if records[0]["n"]:
+            result[label] = records[0]["n"]
     records, _, _ = driver.execute_query(
         "MATCH ()-[r]->() RETURN type(r) AS type, count(r) AS n ORDER BY type", database_=database
     )
-    result |= {record["type"]: record["n"] for record in records}
-    return result
+    return result | {record["type"]: record["n"] for record in records}
+
+
+# ---------------------------------------------------------------- the sink service
+
+
+@dataclass
+class SinkStats:
+    messages: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    seconds_writing: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Neo4jSink:
+    """Consumes the triples topic in a consumer group and writes each poll as one Neo4j transaction."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str = SINK_GROUP,
+        batch_size: int = 5000,
+        topic: str | None = None,
+        on_batch: Callable[[SinkStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.batch_size = batch_size
+        self.topic = topic or settings.topic_triples
+        self.stats = SinkStats()
+        self.on_batch = on_batch
+
+    async def run(self, stop: asyncio.Event | None = None, until_caught_up: bool = False) -> SinkStats:
+        """Consume until ``stop`` is set, or (``until_caught_up``) until the group has committed the end."""
+        await ensure_topics(self.settings, [self.topic, self.settings.topic_triples_dlq])
+        driver = await asyncio.to_thread(connect_with_backoff, self.settings)
+        await asyncio.to_thread(ensure_schema, driver, self.settings.neo4j_database)
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            **self.settings.aiokafka_kwargs(),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.batch_size,
+            max_poll_interval_ms=30 * 60 * 1000,
+        )
+        producer = AIOKafkaProducer(**self.settings.aiokafka_kwargs(), enable_idempotence=True, acks="all")
+        await consumer.start()
+        await producer.start()
+        try:
+            while stop is None or not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+                if batch:
+                    await self._handle(batch, driver, consumer, producer)
+                elif until_caught_up and await self._caught_up(consumer):
+                    break
+        finally:
+            await producer.stop()
+            await consumer.stop()
+            await asyncio.to_thread(driver.close)
+        return self.stats
+
+    async def _handle(
+        self,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        driver: Driver,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        triples: list[Triple] = []
+        for messages in batch.values():
+            for message in messages:
+                try:
+                    triples.append(parse(message.value))
+                except TripleError as error:
+                    await self._dead_letter(producer, message, str(error))
+        await producer.flush()
+        if triples:
+            began = time.monotonic()
+            self.stats.retries += await asyncio.to_thread(
+                write_with_backoff, driver, self.settings.neo4j_database, triples
+            )
+            self.stats.seconds_writing += time.monotonic() - began
+        offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as error:
+            log.warning("offset commit refused after a rebalance (%s); the batch will be re-delivered", error)
+        self.stats.messages += sum(len(m) for m in batch.values())
+        self.stats.written += len(triples)
+        self.stats.batches += 1
+        if self.on_batch:
+            self.on_batch(self.stats)
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, message: ConsumerRecord, reason: str) -> None:
+        record = {
+            "reason": reason,
+            "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
+            "key": message.key.decode(errors="replace") if message.key is not None else None,
+            "value": message.value.decode(errors="replace") if message.value is not None else None,
+            "ts": time.time(),
+        }
+        await producer.send(self.settings.topic_triples_dlq, value=orjson.dumps(record), key=message.key)
+        self.stats.dead_lettered += 1
+        kind = reason.split(":")[0][:60]
+        self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+
+    async def _caught_up(self, consumer: AIOKafkaConsumer) -> bool:
+        assignment = consumer.assignment()
+        if not assignment:
+            return False
+        ends = await consumer.end_offsets(list(assignment))
+        committed = {tp: await consumer.committed(tp) or 0 for tp in assignment}
+        return all(committed[tp] >= end for tp, end in ends.items())
+
+
+def connect_with_backoff(settings: Settings, give_up_after: float = 300.0) -> Driver:
+    """``connect``, retried while Neo4j is starting or briefly unreachable."""
+    delay, began = 0.5, time.monotonic()
+    while True:
+        try:
+            return connect(settings)
+        except RETRYABLE:
+            if time.monotonic() - began > give_up_after:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from tqdm import tqdm
 
 from model.data import Cases
 from streams.settings import Settings
@@ -53,11 +54,26 @@ def session_events(sessions: Sequence[Sequence[int]], run: str, first_user: int 
 
 async def publish(settings: Settings, topic: str, events: Sequence[dict]) -> None:
     """Publish events keyed by user id with an idempotent producer, waiting until all are acknowledged."""
+    await publish_payloads(settings, topic, [orjson.dumps(e) for e in events], [e["user_id"].encode() for e in events])
+
+
+async def publish_payloads(
+    settings: Settings,
+    topic: str,
+    payloads: Sequence[bytes],
+    keys: Sequence[bytes] | None = None,
+    desc: str | None = None,
+) -> None:
+    """Publish raw payloads (optionally keyed) with an idempotent producer; returns once all are acknowledged."""
     producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
     try:
-        for event in events:
-            await producer.send(topic, key=event["user_id"].encode(), value=orjson.dumps(event))
-        await producer.flush()
+        with tqdm(total=len(payloads), desc=desc, unit="msg", disable=desc is None) as bar:
+            for index, payload in enumerate(payloads):
+                await producer.send(topic, value=payload, key=keys[index] if keys else None)
+                if index % 1000 == 999:
+                    bar.update(1000)
+            await producer.flush()
+            bar.update(len(payloads) - bar.n)
     finally:
         await producer.stop()

@@ -1,0 +1,154 @@
+"""The ``igrec.kg.triples`` contract: knowledge facts as JSON, validated against a whitelisted schema.
+
+One message is one fact, a node or a relationship between two nodes, with absolute property values::
+
+    {"schema_version": 1,
+     "head": {"label": "Item", "id": "214", "props": {"title": "..."}},
+     "rel": "NEXT", "props": {"count": 7},                       # omit "rel" for a node-only fact
+     "tail": {"label": "Item", "id": "5"}}
+
+Labels and relationship types come only from :data:`NODE_LABELS` and :data:`RELATIONSHIPS` (they are the
+only parts of the Cypher text that are not parameters); every value from a message travels as a parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+NODE_LABELS = ("User", "Session", "Item", "Category", "Keyword", "Entity", "Interest")
+
+
+@dataclass(frozen=True)
+class RelSpec:
+    """A relationship type: its endpoint labels and the properties that identify one relationship."""
+
+    head: str
+    tail: str
+    key: tuple[str, ...] = ()
+
+
+RELATIONSHIPS: dict[str, RelSpec] = {
+    "HAD": RelSpec("User", "Session"),
+    "CLICKED": RelSpec("Session", "Item", ("pos",)),
+    "NEXT": RelSpec("Item", "Item"),
+    "HAS_KEYWORD": RelSpec("Item", "Keyword"),
+    "IN_CATEGORY": RelSpec("Item", "Category"),
+    "HAS": RelSpec("Item", "Entity", ("relation",)),
+    "IN_INTEREST": RelSpec("Item", "Interest"),
+    "INTERESTED_IN": RelSpec("User", "Interest"),
+    "RELATED": RelSpec("Item", "Item", ("type",)),
+}
+
+MAX_ID_LENGTH = 512
+MAX_PROPS = 32
+MAX_STRING = 10_000
+_PROP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SCALARS = (str, int, float, bool)
+
+
+class TripleError(ValueError):
+    """A message that is not a valid triple; the text is the reason recorded in the DLQ."""
+
+
+@dataclass(frozen=True)
+class Triple:
+    """A validated fact. ``rel`` is None for a node-only fact (then ``tail_*`` are None)."""
+
+    head_label: str
+    head_id: str
+    head_props: dict[str, Any]
+    rel: str | None = None
+    tail_label: str | None = None
+    tail_id: str | None = None
+    tail_props: dict[str, Any] | None = None
+    props: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        message: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "head": {"label": self.head_label, "id": self.head_id, "props": self.head_props},
+        }
+        if self.rel is not None:
+            message |= {
+                "rel": self.rel,
+                "props": self.props or {},
+                "tail": {"label": self.tail_label, "id": self.tail_id, "props": self.tail_props or {}},
+            }
+        return orjson.dumps(message)
+
+
+def node(label: str, node_id: str | int, **props: Any) -> Triple:
+    return Triple(label, str(node_id), props)
+
+
+def edge(head: tuple[str, str | int], rel: str, tail: tuple[str, str | int], **props: Any) -> Triple:
+    return Triple(head[0], str(head[1]), {}, rel, tail[0], str(tail[1]), {}, props)
+
+
+def parse(raw: bytes | None) -> Triple:
+    """Decode and validate one message; raises :class:`TripleError` with the reason."""
+    if raw is None:
+        raise TripleError("empty message (tombstone)")
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise TripleError(f"not JSON: {error}") from None
+    if not isinstance(message, dict):
+        raise TripleError(f"expected a JSON object, got {type(message).__name__}")
+    if message.get("schema_version") != SCHEMA_VERSION:
+        raise TripleError(f"schema_version must be {SCHEMA_VERSION}, got {message.get('schema_version')!r}")
+    head_label, head_id, head_props = _endpoint(message.get("head"), "head")
+    rel = message.get("rel")
+    if rel is None:
+        if "tail" in message:
+            raise TripleError("a tail without a rel")
+        return Triple(head_label, head_id, head_props)
+    if rel not in RELATIONSHIPS:
+        raise TripleError(f"unknown relationship type {rel!r}; allowed: {sorted(RELATIONSHIPS)}")
+    tail_label, tail_id, tail_props = _endpoint(message.get("tail"), "tail")
+    spec = RELATIONSHIPS[rel]
+    if (head_label, tail_label) != (spec.head, spec.tail):
+        raise TripleError(f"{rel} goes from {spec.head} to {spec.tail}, not from {head_label} to {tail_label}")
+    props = _props(message.get("props", {}), "props")
+    missing = [key for key in spec.key if key not in props]
+    if missing:
+        raise TripleError(f"{rel} needs the identifying properties {missing}")
+    return Triple(head_label, head_id, head_props, rel, tail_label, tail_id, tail_props, props)
+
+
+def _endpoint(value: Any, where: str) -> tuple[str, str, dict[str, Any]]:
+    if not isinstance(value, dict):
+        raise TripleError(f"{where} must be an object with label and id")
+    label = value.get("label")
+    if label not in NODE_LABELS:
+        raise TripleError(f"{where}.label {label!r} is not one of {list(NODE_LABELS)}")
+    node_id = value.get("id")
+    if isinstance(node_id, bool) or not isinstance(node_id, str | int):
+        raise TripleError(f"{where}.id must be a string or an integer")
+    node_id = str(node_id)
+    if not node_id or len(node_id) > MAX_ID_LENGTH:
+        raise TripleError(f"{where}.id must have 1..{MAX_ID_LENGTH} characters")
+    return label, node_id, _props(value.get("props", {}), f"{where}.props")
+
+
+def _props(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TripleError(f"{where} must be an object")
+    if len(value) > MAX_PROPS:
+        raise TripleError(f"{where} has {len(value)} properties; at most {MAX_PROPS}")
+    for name, item in value.items():
+        if not _PROP_NAME.match(name) or name == "id":
+            raise TripleError(f"{where}: property name {name!r} is not allowed")
+        values = item if isinstance(item, list) else [item]
+        if not all(isinstance(v, _SCALARS) for v in values) or (
+            isinstance(item, list) and len({type(v) for v in values}) > 1
+        ):
+            raise TripleError(f"{where}.{name}: values must be strings, numbers, booleans or a list of one of those")
+        if any(isinstance(v, str) and len(v) > MAX_STRING for v in values):
+            raise TripleError(f"{where}.{name}: string longer than {MAX_STRING}")
+    return value

@@ -1,0 +1,181 @@
+"""The Neo4j sink on the real broker and the real Neo4j: idempotent replays, outages, DLQ, injection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from deploy import stack
+from model.data import read_split
+from streams.kg import kg_txt_triples, snapshot
+from streams.neo4j_sink import Neo4jSink, connect
+from streams.settings import ROOT, Settings
+from streams.triples import Triple, edge, node
+
+pytestmark = pytest.mark.integration
+TMALL = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall"
+
+
+def real_triples(prefix: str, n_sessions: int = 150, n_kg: int = 1500) -> list[Triple]:
+    """Facts from real Tmall data, in the shape the worker emits them: sessions, clicks, absolute NEXT counts
+    (each transition re-emits its running total), and the items' category / seller / brand knowledge."""
+    triples: list[Triple] = []
+    next_counts: Counter = Counter()
+    for s, session in enumerate(read_split(TMALL).train[:n_sessions]):
+        user, sess = f"{prefix}u{s % 40}", f"{prefix}s{s}"
+        triples.append(edge(("User", user), "HAD", ("Session", sess)))
+        for pos, item in enumerate(session):
+            triples.append(edge(("Session", sess), "CLICKED", ("Item", f"{prefix}{item}"), pos=pos, ts=1e9 + pos))
+            if pos:
+                pair = (session[pos - 1], item)
+                next_counts[pair] += 1
+                triples.append(
+                    edge(("Item", f"{prefix}{pair[0]}"), "NEXT", ("Item", f"{prefix}{item}"), count=next_counts[pair])
+                )
+    triples.extend(kg_txt_triples(TMALL / "kg.txt", prefix=prefix, limit=n_kg))
+    triples.append(node("Item", f"{prefix}{read_split(TMALL).train[0][0]}", title="first item", tags=["a", "b"]))
+    return triples
+
+
+async def publish(settings: Settings, topic: str, payloads: list[bytes], pause: float = 0.0, chunks: int = 1) -> None:
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        size = -(-len(payloads) // chunks)
+        for begin in range(0, len(payloads), size):
+            for payload in payloads[begin : begin + size]:
+                await producer.send(topic, payload, key=b"k")
+            await producer.flush()
+            await asyncio.sleep(pause)
+    finally:
+        await producer.stop()
+
+
+async def drain(settings: Settings, topic: str, group: str) -> Neo4jSink:
+    sink = Neo4jSink(settings, group_id=group, topic=topic, batch_size=2000)
+    await asyncio.wait_for(sink.run(until_caught_up=True), timeout=300)
+    return sink
+
+
+def graph(settings: Settings, prefix: str):
+    with connect(settings) as driver:
+        return snapshot(driver, settings.neo4j_database, prefix)
+
+
+async def test_replaying_the_same_triples_changes_nothing(settings: Settings, topic_name: str) -> None:
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    triples = real_triples(prefix)
+    await publish(settings, topic_name, [t.to_json() for t in triples])
+    await drain(settings, topic_name, group=f"{topic_name}-a")
+    first = graph(settings, prefix)
+
+    nodes, rels = first
+    assert len(rels) > 1000 and len(nodes) > 500
+    next_counts = Counter((t.head_id[len(prefix) :], t.tail_id[len(prefix) :]) for t in triples if t.rel == "NEXT")
+    stored = {(h, t): dict(p)["count"] for h, kind, p, t in rels if kind == "NEXT"}
+    assert stored == dict(next_counts), "NEXT.count must be the absolute count, not a sum of replays"
+
+    await publish(settings, topic_name, [t.to_json() for t in triples])
+    await drain(settings, topic_name, group=f"{topic_name}-a")
+    assert graph(settings, prefix) == first, "the same triples delivered again must change nothing"
+    await drain(settings, topic_name, group=f"{topic_name}-b")
+    assert graph(settings, prefix) == first, "a full replay from offset 0 (twice the triples) must change nothing"
+
+
+async def test_cypher_in_a_field_is_stored_as_text(settings: Settings, topic_name: str) -> None:
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    evil_id = prefix + "x'}) MATCH (n) DETACH DELETE n //"
+    evil_title = "MATCH (n) DETACH DELETE n RETURN 1"
+    payloads = [
+        node("Item", f"{prefix}keep", title="keep me").to_json(),
+        node("Item", evil_id, title=evil_title).to_json(),
+        edge(("Item", evil_id), "HAS_KEYWORD", ("Keyword", f"{prefix}`) DELETE n")).to_json(),
+    ]
+    await publish(settings, topic_name, payloads)
+    await drain(settings, topic_name, group=topic_name)
+    nodes, rels = graph(settings, prefix)
+    ids = {n[1]: dict(n[2]) for n in nodes}
+    assert ids["x'}) MATCH (n) DETACH DELETE n //"]["title"] == evil_title
+    assert ids["keep"]["title"] == "keep me", "the injected text must not have run"
+    assert [r[1] for r in rels] == ["HAS_KEYWORD"]
+
+
+async def test_malformed_triples_go_to_the_dlq_with_reasons(settings: Settings, topic_name: str) -> None:
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    good = [node("Item", f"{prefix}{i}", n=i).to_json() for i in range(5)]
+    bad = {
+        b"{not json": "not JSON",
+        b"[1, 2]": "expected a JSON object",
+        orjson.dumps({"schema_version": 1, "head": {"label": "Robot", "id": "1"}}): "head.label",
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "head": {"label": "Item", "id": "1"},
+                "rel": "HAD",
+                "tail": {"label": "Item", "id": "2"},
+            }
+        ): "HAD goes from User to Session",
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "head": {"label": "Session", "id": "1"},
+                "rel": "CLICKED",
+                "tail": {"label": "Item", "id": "2"},
+                "props": {"ts": 1},
+            }
+        ): "identifying properties",
+        orjson.dumps({"schema_version": 1, "head": {"label": "Item", "id": "1", "props": {"x": {"y": 1}}}}): "values",
+        orjson.dumps({"schema_version": 7, "head": {"label": "Item", "id": "1"}}): "schema_version",
+    }
+    await publish(settings, topic_name, [good[0], *bad, *good[1:]])
+    sink = await drain(settings, topic_name, group=topic_name)
+    assert sink.stats.dead_lettered == len(bad) and sink.stats.written == len(good)
+    assert len(graph(settings, prefix)[0]) == len(good)
+
+    consumer = AIOKafkaConsumer(settings.topic_triples_dlq, **settings.aiokafka_kwargs(), auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        records = []
+        while True:
+            batch = await consumer.getmany(timeout_ms=3000)
+            if not batch:
+                break
+            records += [orjson.loads(m.value) for ms in batch.values() for m in ms]
+    finally:
+        await consumer.stop()
+    ours = [r for r in records if r["source"]["topic"] == topic_name]
+    assert [r["source"]["offset"] for r in ours] == list(range(1, 1 + len(bad)))
+    for record, (raw, reason) in zip(ours, bad.items(), strict=True):
+        assert reason in record["reason"], record
+        assert record["value"] == raw.decode()
+
+
+async def test_neo4j_down_for_60_s_mid_stream_loses_nothing(settings: Settings, topic_name: str) -> None:
+    outage, clean = f"{uuid.uuid4().hex[:8]}:", f"{uuid.uuid4().hex[:8]}:"
+    sink = Neo4jSink(settings, group_id=topic_name, topic=topic_name, batch_size=500)
+    stop = asyncio.Event()
+    running = asyncio.create_task(sink.run(stop))
+    producing = asyncio.create_task(
+        publish(settings, topic_name, [t.to_json() for t in real_triples(outage)], pause=1.0, chunks=40)
+    )
+    await asyncio.sleep(8)
+    written_before = sink.stats.written
+    await asyncio.to_thread(stack.down, settings, only="neo4j")
+    await asyncio.sleep(60)
+    await asyncio.to_thread(stack.up, settings)
+    await producing
+    stop.set()
+    await asyncio.wait_for(running, timeout=120)
+    assert 0 < written_before < sink.stats.messages, "the outage must fall mid-stream"
+    assert sink.stats.retries > 0, "the sink must have waited for Neo4j"
+    await drain(settings, topic_name, group=topic_name)
+
+    clean_topic = f"{topic_name}.clean"
+    await publish(settings, clean_topic, [t.to_json() for t in real_triples(clean)])
+    await drain(settings, clean_topic, group=clean_topic)
+    assert graph(settings, outage) == graph(settings, clean)

@@ -1,0 +1,69 @@
+"""The triples contract and the Cypher it turns into: whitelisted names only, values as parameters."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streams.neo4j_sink import EDGE_CYPHER, statements
+from streams.triples import RELATIONSHIPS, TripleError, edge, node, parse
+
+
+def test_round_trip_through_json() -> None:
+    fact = edge(("Session", "s1"), "CLICKED", ("Item", 42), pos=3, ts=1.5)
+    assert parse(fact.to_json()) == fact
+    assert parse(node("Item", "7", title="t", tags=["a", "b"]).to_json()).head_props == {
+        "title": "t",
+        "tags": ["a", "b"],
+    }
+
+
+ITEM = {"label": "Item", "id": "1"}
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (b"\xff", "not JSON"),
+        (b"null", "expected a JSON object"),
+        ({"head": {"label": "Item", "id": "1"}}, "schema_version"),
+        ({"schema_version": 1, "head": {"label": "Item`) DELETE", "id": "1"}}, "head.label"),
+        ({"schema_version": 1, "head": {"label": "Item", "id": ""}}, "1..512"),
+        ({"schema_version": 1, "head": {"label": "Item", "id": True}}, "string or an integer"),
+        (
+            {"schema_version": 1, "head": {"label": "Item", "id": "1"}, "rel": "DROP", "tail": {}},
+            "unknown relationship",
+        ),
+        ({"schema_version": 1, "head": {"label": "Item", "id": "1", "props": {"a b": 1}}}, "property name"),
+        ({"schema_version": 1, "head": {"label": "Item", "id": "1", "props": {"id": "2"}}}, "property name"),
+        ({"schema_version": 1, "head": {"label": "Item", "id": "1", "props": {"x": [1, "a"]}}}, "values"),
+        (
+            {"schema_version": 1, "head": {"label": "Item", "id": "1"}, "tail": {"label": "Item", "id": "2"}},
+            "without a rel",
+        ),
+    ],
+)
+def test_invalid_messages_say_why(message, reason: str) -> None:
+    raw = message if isinstance(message, bytes) else orjson.dumps(message)
+    with pytest.raises(TripleError, match=reason):
+        parse(raw)
+
+
+def test_cypher_names_come_only_from_the_whitelist() -> None:
+    for rel, cypher in EDGE_CYPHER.items():
+        spec = RELATIONSHIPS[rel]
+        assert f"(h:{spec.head} {{id: row.head}})" in cypher and f"(t:{spec.tail} {{id: row.tail}})" in cypher
+        assert "$rows" in cypher and "'" not in cypher
+    assert "[r:CLICKED {pos: row.props.pos}]" in EDGE_CYPHER["CLICKED"]
+    assert "[r:NEXT]" in EDGE_CYPHER["NEXT"]
+
+
+def test_statements_group_by_type_and_keep_order() -> None:
+    facts = [
+        edge(("Item", "a"), "NEXT", ("Item", "b"), count=1),
+        node("Item", "a", title="x"),
+        edge(("Item", "a"), "NEXT", ("Item", "b"), count=2),
+    ]
+    grouped = dict(statements(facts))
+    assert [row["props"]["count"] for row in grouped[EDGE_CYPHER["NEXT"]]] == [1, 2], "the later absolute wins"
+    assert len(grouped) == 2
