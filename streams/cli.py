@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     near.add_argument("label", choices=["Item", "User", "Session", "Category", "Keyword", "Entity", "Interest"])
     near.add_argument("id", help="the node's id")
-    near.add_argument("--hops", type=int, default=1, choices=[1, 2, 3])
-    near.add_argument("--limit", type=int, default=60, help="most paths to fetch")
+    near.add_argument("--hops", type=int, default=1, choices=[1, 2])
+    near.add_argument("--limit", type=int, default=30, help="most direct neighbours")
     near.add_argument("--png", help="write a picture of the subgraph here")
     near.set_defaults(func=_kg_neighbourhood)
     rdf = kg_commands.add_parser(

@@ -87,29 +87,47 @@ class Subgraph:
     rels: list[tuple[str, str, dict[str, Any], str]] = field(default_factory=list)
 
 
-def neighbourhood(driver: Driver, database: str, label: str, node_id: str, hops: int = 1, limit: int = 200) -> Subgraph:
-    """The paths of up to ``hops`` (1..3) relationships around one node, at most ``limit`` of them."""
+def neighbourhood(
+    driver: Driver, database: str, label: str, node_id: str, hops: int = 1, limit: int = 30, per_neighbour: int = 4
+) -> Subgraph:
+    """One node, up to ``limit`` of its neighbours, and (``hops`` = 2) up to ``per_neighbour`` of theirs.
+
+    Fetching hop by hop keeps every direct neighbour in the picture instead of whichever long paths a
+    single variable-length match happens to return first. The centre is the first node of the result.
+    """
     if label not in NODE_LABELS:
         raise ValueError(f"label must be one of {NODE_LABELS}")
-    if not 1 <= hops <= 3:
-        raise ValueError("hops must be 1, 2 or 3")
+    if hops not in (1, 2):
+        raise ValueError("hops must be 1 or 2")
     records, _, _ = driver.execute_query(
-        f"MATCH p = (n:{label} {{id: $id}})-[*1..{hops}]-() RETURN p LIMIT $limit",
+        f"MATCH (n:{label} {{id: $id}}) "
+        "OPTIONAL MATCH (n)-[r]-(m) WITH n, r, m LIMIT $limit "
+        "OPTIONAL MATCH (m)-[r2]-(k) WHERE $hops = 2 AND k <> n "
+        "WITH n, r, m, collect([r2, k])[..$per] AS far "
+        "RETURN n, r, m, far",
         id=node_id,
         limit=limit,
+        hops=hops,
+        per=per_neighbour,
         database_=database,
     )
     graph = Subgraph()
     seen: set[str] = set()
     for record in records:
-        path = record["p"]
-        for n in path.nodes:
-            graph.nodes[n.element_id] = (next(iter(n.labels)), n["id"], dict(n))
-        for r in path.relationships:
-            if r.element_id not in seen:
-                seen.add(r.element_id)
-                graph.rels.append((r.start_node.element_id, r.type, dict(r), r.end_node.element_id))
+        _add_node(graph, record["n"])
+        pairs = [(record["r"], record["m"])] + [(r2, k) for r2, k in record["far"] if r2 is not None]
+        for rel, other in pairs:
+            if rel is None or rel.element_id in seen:
+                continue
+            seen.add(rel.element_id)
+            _add_node(graph, other)
+            graph.rels.append((rel.start_node.element_id, rel.type, dict(rel), rel.end_node.element_id))
     return graph
+
+
+def _add_node(graph: Subgraph, n: Any) -> None:
+    if n is not None and n.element_id not in graph.nodes and n.labels:
+        graph.nodes[n.element_id] = (next(iter(n.labels)), n.get("id", "?"), dict(n))
 
 
 def all_graph(driver: Driver, database: str) -> Subgraph:
@@ -195,7 +213,15 @@ def draw(graph: Subgraph, path: str | Path, title: str = "", seed: int = 0) -> P
         ax.text((x0 + x1) / 2, (y0 + y1) / 2, rel, fontsize=6, color="#666", ha="center")
     for index, key in enumerate(keys):
         label, node_id, _ = graph.nodes[key]
-        ax.scatter(*position[index], s=260, color=LABEL_COLOURS.get(label, "#ccc"), zorder=3, edgecolors="k")
+        centre = index == 0
+        ax.scatter(
+            *position[index],
+            s=700 if centre else 260,
+            color=LABEL_COLOURS.get(label, "#ccc"),
+            zorder=3,
+            edgecolors="k",
+            linewidths=2.5 if centre else 1.0,
+        )
         ax.text(
             position[index][0],
             position[index][1] - 0.045,
@@ -205,7 +231,10 @@ def draw(graph: Subgraph, path: str | Path, title: str = "", seed: int = 0) -> P
             va="top",
             zorder=4,
         )
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=lab) for lab, c in LABEL_COLOURS.items()]
+    present = {label for label, _, _ in graph.nodes.values()}
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=c, label=lab) for lab, c in LABEL_COLOURS.items() if lab in present
+    ]
     ax.legend(handles=handles, loc="upper right", fontsize=7)
     ax.set_title(title or f"{len(keys)} nodes, {len(graph.rels)} relationships")
     ax.set_axis_off()

@@ -179,3 +179,19 @@ async def test_neo4j_down_for_60_s_mid_stream_loses_nothing(settings: Settings, 
     await publish(settings, clean_topic, [t.to_json() for t in real_triples(clean)])
     await drain(settings, clean_topic, group=clean_topic)
     assert graph(settings, outage) == graph(settings, clean)
+
+
+def test_neighbourhood_keeps_every_direct_neighbour(settings: Settings) -> None:
+    from streams.kg import neighbourhood
+    from streams.neo4j_sink import write_triples
+
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    facts = [edge(("Item", f"{prefix}c"), "HAS_KEYWORD", ("Keyword", f"{prefix}k{i}")) for i in range(5)]
+    facts += [edge(("Item", f"{prefix}o{i}"), "HAS_KEYWORD", ("Keyword", f"{prefix}k0")) for i in range(10)]
+    with connect(settings) as driver:
+        write_triples(driver, settings.neo4j_database, facts)
+        near = neighbourhood(driver, settings.neo4j_database, "Item", f"{prefix}c", hops=2, per_neighbour=3)
+    ids = [node_id[len(prefix) :] for _, node_id, _ in near.nodes.values()]
+    assert ids[0] == "c", "the centre comes first"
+    assert {f"k{i}" for i in range(5)} <= set(ids), "every direct neighbour is kept"
+    assert sum(i.startswith("o") for i in ids) == 3, "second hop capped per neighbour"
