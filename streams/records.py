@@ -1,0 +1,148 @@
+"""Topic contracts: the typed faust Records of every igrec topic, and their JSON Schemas.
+
+Every message carries ``schema_version``. JSON goes through orjson (faust uses it when installed; igrec
+depends on it). ``python -m streams.records docs/schemas`` regenerates the JSON Schema files from these
+classes, so the documented contract can never drift from the code (a unit test checks the files).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+SCHEMA_VERSION = 1
+
+
+class _Record(faust.Record, serializer="json", include_metadata=False):
+    """Base: JSON without faust's ``__faust`` metadata, so non-faust consumers read plain objects."""
+
+
+class Event(_Record):
+    """``igrec.events`` (key = user id): one click or other interaction of a user."""
+
+    schema_version: int
+    event_id: str
+    user_id: str
+    item_id: str
+    ts: float
+    session_id: str | None = None
+    type: str = "click"
+    context: dict[str, Any] | None = None
+
+
+class Recommendation(_Record):
+    """``igrec.recommendations`` (key = user id): the top-K after one event, idempotent by ``event_id``."""
+
+    schema_version: int
+    event_id: str
+    user_id: str
+    session_id: str
+    position: int
+    items: list[str]
+    scores: list[float]
+    scored: bool
+    model_version: str
+    event_ts: float
+    emitted_at: float
+    latency_ms: dict[str, float]
+
+
+class EnrichedEvent(_Record):
+    """``igrec.events.enriched`` (key = user id): the event with its session context and recommendations."""
+
+    schema_version: int
+    event_id: str
+    user_id: str
+    session_id: str
+    item_id: str
+    ts: float
+    type: str
+    position: int
+    session_length: int
+    new_session: bool
+    known_item: bool
+    interest_weights: list[float] | None
+    recommendations: list[str]
+    context: dict[str, Any] | None = None
+
+
+class DeadLetter(_Record):
+    """``igrec.events.dlq``: an input that was refused, with the reason and where it came from."""
+
+    schema_version: int
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: str | None
+    value: str | None
+    received_at: float
+
+
+TOPIC_RECORDS: dict[str, type[_Record]] = {
+    "events": Event,
+    "recommendations": Recommendation,
+    "enriched": EnrichedEvent,
+    "dlq": DeadLetter,
+}
+
+
+def json_schema(record: type[_Record]) -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) for a Record: its fields, types, and which are required."""
+    hints = typing.get_type_hints(record)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    defaults = record._options.defaults
+    for name in record._options.fields:
+        properties[name] = _type_schema(hints[name])
+        if name not in defaults:
+            required.append(name)
+    properties["schema_version"] = {"const": SCHEMA_VERSION}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": record.__name__,
+        "description": " ".join((record.__doc__ or "").split()),
+        "type": "object",
+        "properties": properties,
+        "required": required,
+    }
+
+
+def _type_schema(hint: Any) -> dict[str, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [_type_schema(arg) for arg in args if arg is not type(None)]
+        schema = options[0] if len(options) == 1 else {"anyOf": options}
+        return {"anyOf": [schema, {"type": "null"}]} if type(None) in args else schema
+    if origin is list:
+        return {"type": "array", "items": _type_schema(args[0])}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(args[1]) if args[1] is not Any else {}}
+    simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    if hint in simple:
+        return {"type": simple[hint]}
+    raise TypeError(f"no JSON Schema for {hint!r}")
+
+
+def write_schemas(folder: Path, topics: dict[str, str]) -> list[Path]:
+    """Write ``<topic>.schema.json`` for every topic with a Record; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for role, record in TOPIC_RECORDS.items():
+        path = folder / f"{topics[role]}.schema.json"
+        path.write_bytes(orjson.dumps(json_schema(record), option=orjson.OPT_INDENT_2) + b"\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    from streams.settings import Settings
+
+    for written_path in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas"), Settings().topics):
+        print(written_path)
