@@ -47,9 +47,9 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dic
     n = max(ranks.size, 1)
     for k in ks:
         hit = ranks <= k
-        out[f"HR@{k}"] = 100.0 * hit.sum() / n
-        out[f"MRR@{k}"] = 100.0 * np.where(hit, 1.0 / ranks, 0.0).sum() / n
-        out[f"NDCG@{k}"] = 100.0 * np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).sum() / n
+        out[f"HR@{k}"] = float(100.0 * hit.sum() / n)
+        out[f"MRR@{k}"] = float(100.0 * np.where(hit, 1.0 / ranks, 0.0).sum() / n)
+        out[f"NDCG@{k}"] = float(100.0 * np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).sum() / n)
     return out
 
 

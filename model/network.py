@@ -1,0 +1,438 @@
+"""The igrec scorer: multi-interest gated graph neural network over session graphs (PyTorch).
+
+Every network here takes the numpy :class:`model.graphs.SessionGraphs` arrays as tensors, in the order
+``forward(items, alias, adj, mask, hist_items, hist_adj)``, and returns log-probabilities of the next item
+over ids ``0..n_items`` (column 0, padding, is ``-1e9``). Training and the stream worker therefore share
+the graph code, and the ONNX exporter traces exactly this forward (opset 18: dense batched tensors, no
+Python control flow on tensor values, Gumbel noise only in training mode).
+
+Message passing is written as dense batched matmuls over ``[A_in | A_out]``: session graphs are tiny
+(N <= L <= 50), so a padded ``[B, N, 2N]`` bmm is several times faster on CPU than a sparse
+torch-geometric scatter over an edge list, and it exports to ONNX as plain MatMul.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NEG = -1e9
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of :class:`IGRec` (stored as a plain dict in checkpoints).
+
+    Attributes:
+        n_items: largest item id; embeddings cover ``0..n_items`` (0 = padding).
+        dim: embedding / hidden size D.
+        interests: k interest graphs (1 = a single graph, no interest split).
+        tau: Gumbel-softmax temperature of the interest assignment (and softmax temperature at inference).
+        steps: GGNN propagation steps.
+        dropout: dropout on item embeddings and on the session representation.
+        use_global: add a GCE-GNN-style aggregation over each item's global transition neighbours.
+        global_neighbors: K neighbours per item kept in the global graph.
+        use_history: fuse the user's historical-session graph (gated); off for datasets without users.
+        use_repeat: repeat/explore mixture: a pointer distribution over the session's own items,
+            driven by node state, recency and click count, mixed with the all-item softmax.
+        use_positions: reversed position embeddings in the readout (GCE-GNN).
+        normalize: score with L2-normalised session and item vectors times ``scale`` (NISER).
+        scale: logit scale when ``normalize``.
+        max_len: longest click sequence the position/recency embeddings distinguish.
+        arch: ``igrec`` (this network, also SR-GNN with everything off) or ``gru4rec``.
+    """
+
+    n_items: int
+    dim: int = 100
+    interests: int = 3
+    tau: float = 0.5
+    steps: int = 1
+    dropout: float = 0.1
+    use_global: bool = True
+    global_neighbors: int = 12
+    use_history: bool = True
+    use_repeat: bool = True
+    use_positions: bool = True
+    normalize: bool = True
+    scale: float = 12.0
+    max_len: int = 50
+    arch: str = "igrec"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def srgnn(cls, n_items: int, **overrides) -> ModelConfig:
+        """SR-GNN (Wu et al. 2019): one graph, no interests, global graph, history, repeat or positions."""
+        base = dict(interests=1, use_global=False, use_history=False, use_repeat=False,
+                    use_positions=False, normalize=False, dropout=0.0)
+        base.update(overrides)
+        return cls(n_items=n_items, **base)
+
+
+class ItemEmbedding(nn.Module):
+    """The default item encoder: an id embedding (row 0 = padding, kept at zero).
+
+    Pluggable hook: any module with ``forward(ids: LongTensor[...]) -> [..., D]`` and
+    ``table() -> [n_items + 1, D]`` can replace it (a later multimodal encoder fuses text/image/KG
+    features into the same interface); its parameters form their own optimiser group (``item_encoder``).
+    """
+
+    def __init__(self, n_items: int, dim: int):
+        super().__init__()
+        self.weight = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.uniform_(self.weight.weight, -1.0 / math.sqrt(dim), 1.0 / math.sqrt(dim))
+        with torch.no_grad():
+            self.weight.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight(ids)
+
+    def table(self) -> torch.Tensor:
+        return self.weight.weight
+
+
+class GatedGraphCell(nn.Module):
+    """One GGNN step (SR-GNN eq. 1-5): messages over ``[A_in | A_out]``, GRU-gated node update."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.edge_in = nn.Linear(dim, dim)
+        self.edge_out = nn.Linear(dim, dim)
+        self.bias_in = nn.Parameter(torch.zeros(dim))
+        self.bias_out = nn.Parameter(torch.zeros(dim))
+        self.input_gates = nn.Linear(2 * dim, 3 * dim)
+        self.hidden_gates = nn.Linear(dim, 3 * dim)
+
+    def forward(self, adj: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """adj [M, N, 2N], hidden [M, N, D] -> new hidden [M, N, D]."""
+        n = hidden.shape[1]
+        msg_in = torch.matmul(adj[:, :, :n], self.edge_in(hidden)) + self.bias_in
+        msg_out = torch.matmul(adj[:, :, n:], self.edge_out(hidden)) + self.bias_out
+        gi = self.input_gates(torch.cat([msg_in, msg_out], -1))
+        gh = self.hidden_gates(hidden)
+        i_r, i_z, i_n = gi.chunk(3, -1)
+        h_r, h_z, h_n = gh.chunk(3, -1)
+        reset = torch.sigmoid(i_r + h_r)
+        update = torch.sigmoid(i_z + h_z)
+        candidate = torch.tanh(i_n + reset * h_n)
+        return candidate + update * (hidden - candidate)
+
+
+class GlobalAggregator(nn.Module):
+    """Attention over an item's global neighbours (GCE-GNN): which of the transitions other sessions made
+    from this item fit the current session. Output ``[B, N, D]``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim + 1, dim)
+        self.query = nn.Linear(dim, 1, bias=False)
+        self.combine = nn.Linear(2 * dim, dim)
+
+    def forward(self, node_emb: torch.Tensor, nbr_emb: torch.Tensor, nbr_weight: torch.Tensor,
+                session_mean: torch.Tensor) -> torch.Tensor:
+        """node_emb [B,N,D], nbr_emb [B,N,K,D], nbr_weight [B,N,K] (0 = no neighbour), session_mean [B,D]."""
+        feats = torch.cat([nbr_emb * session_mean[:, None, None, :], torch.log1p(nbr_weight)[..., None]], -1)
+        logits = self.query(F.leaky_relu(self.score(feats), 0.2)).squeeze(-1)
+        logits = logits.masked_fill(nbr_weight <= 0, NEG)
+        attn = torch.softmax(logits, -1) * (nbr_weight > 0).to(logits.dtype)
+        agg = (attn[..., None] * nbr_emb).sum(-2)
+        return torch.relu(self.combine(torch.cat([node_emb, agg], -1)))
+
+
+class Readout(nn.Module):
+    """Attention readout with the last click as query (SR-GNN eq. 6-7), optionally position-aware.
+
+    Returns the session vector ``[M, D]`` and the attention-ready sequence states ``[M, L, D]``.
+    """
+
+    def __init__(self, dim: int, max_len: int, use_positions: bool):
+        super().__init__()
+        self.use_positions = use_positions
+        if use_positions:
+            self.positions = nn.Embedding(max_len, dim)
+            self.mix = nn.Linear(2 * dim, dim)
+        self.w_last = nn.Linear(dim, dim)
+        self.w_seq = nn.Linear(dim, dim, bias=False)
+        self.q = nn.Linear(dim, 1, bias=False)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor,
+                rev_pos: torch.Tensor) -> torch.Tensor:
+        """seq [M, L, D], mask [M, L], last_index [M], rev_pos [M, L] (0 = last click) -> [M, D]."""
+        dim = seq.shape[-1]
+        last = torch.gather(seq, 1, last_index.view(-1, 1, 1).expand(-1, 1, dim)).squeeze(1)
+        keys = seq
+        if self.use_positions:
+            keys = torch.tanh(self.mix(torch.cat([seq, self.positions(rev_pos)], -1)))
+        alpha = self.q(torch.sigmoid(self.w_last(last)[:, None, :] + self.w_seq(keys)))
+        pooled = (alpha * seq * mask[..., None]).sum(1)
+        return self.out(torch.cat([last, pooled], -1))
+
+
+class RepeatHead(nn.Module):
+    """Pointer distribution over the session's own items (the repeat/copy signal).
+
+    Node logit = f(node state, session vector, recency of its last click, its click count); the mixing
+    gate p(repeat) depends on the session vector. Returns node probabilities ``[B, N]`` and the gate
+    ``[B, 1]``.
+    """
+
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self.recency = nn.Embedding(max_len, dim)
+        self.count = nn.Embedding(max_len, dim)
+        self.node = nn.Linear(dim, dim)
+        self.session = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, 1, bias=False)
+        self.gate = nn.Linear(2 * dim, 1)
+
+    def forward(self, node_h: torch.Tensor, items: torch.Tensor, alias: torch.Tensor, mask: torch.Tensor,
+                session: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """node_h [B,N,D], items [B,N], alias [B,L], mask [B,L], session [B,D], last [B,D]
+        -> (node log-probabilities [B, N] float32, gate logit [B, 1] float32)."""
+        n = items.shape[1]
+        nodes = torch.arange(n, device=items.device)
+        hit = (alias[:, :, None] == nodes[None, None, :]).to(mask.dtype) * mask[:, :, None]
+        count = hit.sum(1)
+        step = torch.arange(1, alias.shape[1] + 1, device=items.device).to(mask.dtype)
+        last_pos = (hit * step[None, :, None]).amax(1)
+        rec = (mask.sum(1, keepdim=True) - last_pos).clamp(0, self.max_len - 1).long()
+        cnt = count.clamp(0, self.max_len - 1).long()
+        feats = torch.tanh(self.node(node_h) + self.session(session)[:, None, :]
+                           + self.recency(rec) + self.count(cnt))
+        logits = self.v(feats).squeeze(-1).float().masked_fill(items == 0, NEG)
+        return torch.log_softmax(logits, -1), self.gate(torch.cat([session, last], -1)).float()
+
+
+class IGRec(nn.Module):
+    """Multi-interest GGNN session recommender (ARCHITECTURE.md "The model").
+
+    forward(items [B,N], alias [B,L], adj [B,N,2N], mask [B,L], hist_items [B,H]?, hist_adj [B,H,2H]?)
+    -> log-probabilities [B, n_items + 1] (column 0 = -1e9).
+    """
+
+    def __init__(self, config: ModelConfig, item_encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item_encoder = item_encoder or ItemEmbedding(config.n_items, d)
+        self.interest_proj = nn.Parameter(torch.randn(d, config.interests) / math.sqrt(d))
+        self.cell = GatedGraphCell(d)
+        self.readout = Readout(d, config.max_len, config.use_positions)
+        self.fuse_key = nn.Linear(d, d)
+        self.fuse_query = nn.Linear(d, d, bias=False)
+        self.fuse_v = nn.Linear(d, 1, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        if config.use_global:
+            self.global_agg = GlobalAggregator(d)
+            k = config.global_neighbors
+            self.register_buffer("global_neighbors", torch.zeros(config.n_items + 1, k, dtype=torch.long))
+            self.register_buffer("global_weights", torch.zeros(config.n_items + 1, k))
+        if config.use_history:
+            self.hist_attn = nn.Linear(d, d, bias=False)
+            self.hist_gate = nn.Linear(2 * d, d)
+        if config.use_repeat:
+            self.repeat = RepeatHead(d, config.max_len)
+
+    def set_global_graph(self, neighbors, weights) -> None:
+        """Load the numpy :class:`model.graphs.GlobalGraph` arrays into the buffers."""
+        self.global_neighbors.copy_(torch.as_tensor(neighbors)[:, : self.config.global_neighbors])
+        self.global_weights.copy_(torch.as_tensor(weights)[:, : self.config.global_neighbors])
+
+    def _interest_weights(self, emb: torch.Tensor) -> torch.Tensor:
+        """y [B, N, k]: Gumbel-softmax (training) or softmax (inference) of v_i^T W_l / tau."""
+        logits = torch.matmul(emb, self.interest_proj).float()
+        if self.training and self.config.interests > 1:
+            return F.gumbel_softmax(logits, tau=self.config.tau, hard=False, dim=-1).to(emb.dtype)
+        return torch.softmax(logits / self.config.tau, -1).to(emb.dtype)
+
+    def _propagate(self, adj: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.config.steps):
+            hidden = self.cell(adj, hidden)
+        return hidden
+
+    def _global_context(self, items: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        node_mask = (items > 0).to(emb.dtype)
+        mean = (emb * node_mask[..., None]).sum(1) / node_mask.sum(1, keepdim=True).clamp(min=1)
+        nbrs = self.global_neighbors[items]
+        weights = self.global_weights[items].to(emb.dtype)
+        return self.global_agg(emb, self.dropout(self.item_encoder(nbrs)), weights, mean)
+
+    def _fuse_interests(self, reps: torch.Tensor, last_emb: torch.Tensor) -> torch.Tensor:
+        """reps [B, k, D] -> [B, D], attention over interests with the last click as query."""
+        logits = self.fuse_v(torch.tanh(self.fuse_key(reps) + self.fuse_query(last_emb)[:, None, :]))
+        return (torch.softmax(logits, 1) * reps).sum(1)
+
+    def _history(self, session: torch.Tensor, hist_items: torch.Tensor, hist_adj: torch.Tensor) -> torch.Tensor:
+        """Gated fusion of the historical graph into the session vector; no-op for users without history."""
+        h = self._propagate(hist_adj, self.item_encoder(hist_items))
+        valid = hist_items > 0
+        logits = (self.hist_attn(h) * session[:, None, :]).sum(-1).masked_fill(~valid, NEG)
+        pooled = (torch.softmax(logits.float(), -1).to(h.dtype)[..., None] * h).sum(1)
+        gate = torch.sigmoid(self.hist_gate(torch.cat([session, pooled], -1)))
+        has = valid.any(1, keepdim=True).to(session.dtype)
+        return session + has * (1 - gate) * (pooled - session)
+
+    def session_vector(self, items, alias, adj, mask, hist_items=None, hist_adj=None):
+        """Session representation [B, D] and the final node states [B, N, D] (shared by the heads)."""
+        cfg = self.config
+        b, n = items.shape
+        emb = self.dropout(self.item_encoder(items))
+        k = cfg.interests
+        y = self._interest_weights(emb)
+        x = (y.transpose(1, 2)[..., None] * emb[:, None, :, :]).reshape(b * k, n, -1)
+        adj_k = adj[:, None].expand(b, k, n, 2 * n).reshape(b * k, n, 2 * n)
+        h = self._propagate(adj_k.to(x.dtype), x).reshape(b, k, n, -1)
+        if cfg.use_global:
+            h = h + y.transpose(1, 2)[..., None] * self._global_context(items, emb)[:, None]
+        length = mask.sum(1)
+        last_index = (length - 1).clamp(min=0).long()
+        steps = torch.arange(alias.shape[1], device=alias.device)
+        rev_pos = (length.long()[:, None] - 1 - steps[None, :]).clamp(0, cfg.max_len - 1)
+        dim = h.shape[-1]
+        seq = torch.gather(h.reshape(b * k, n, dim), 1,
+                           alias.repeat_interleave(k, 0)[..., None].expand(-1, -1, dim))
+        reps = self.readout(seq, mask.repeat_interleave(k, 0).to(seq.dtype), last_index.repeat_interleave(k, 0),
+                            rev_pos.repeat_interleave(k, 0)).reshape(b, k, dim)
+        last_item = torch.gather(items, 1, torch.gather(alias, 1, last_index[:, None]))
+        last_emb = self.item_encoder(last_item).squeeze(1)
+        session = self._fuse_interests(reps, last_emb)
+        if cfg.use_history and hist_items is not None:
+            session = self._history(session, hist_items, hist_adj)
+        node_h = (y.transpose(1, 2)[..., None] * h).sum(1)
+        return self.dropout(session), node_h, last_emb
+
+    def logits(self, session: torch.Tensor) -> torch.Tensor:
+        """Explore logits [B, n_items + 1] (float32, column 0 = NEG): session . item for every item.
+
+        The scale goes on the [B, D] side and the float32 cast is fused into the padding add, so the
+        [B, V] tensor is touched as few times as possible (it dominates the step time on CPU).
+        """
+        table = self.item_encoder.table()
+        if self.config.normalize:
+            session = F.normalize(session, dim=-1) * self.config.scale
+            table = F.normalize(table, dim=-1)
+        return _score(session, table, self.training)
+
+    def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
+        """log p(target) [B] (float32) without materialising [B, V] log-probabilities: the training loss.
+
+        Equals ``forward(...).gather(1, target)`` but touches the [B, V] logits only through one
+        logsumexp, which roughly halves the CPU step time against log_softmax + nll.
+        """
+        session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
+        explore = target_log_softmax(self.logits(session), target)[:, None]
+        if not self.config.use_repeat:
+            return explore.squeeze(1)
+        node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
+        in_session = items == target[:, None]
+        repeat = torch.logsumexp(node_logp.masked_fill(~in_session, NEG), -1, keepdim=True)
+        return _logaddexp(explore + F.logsigmoid(-gate), repeat + F.logsigmoid(gate)).squeeze(1)
+
+    def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
+        session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
+        explore = torch.log_softmax(self.logits(session), -1)
+        if not self.config.use_repeat:
+            return explore
+        node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
+        log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
+        mixed = _logaddexp(torch.gather(explore, 1, items) + log_explore, node_logp + log_repeat)
+        out = explore + log_explore
+        return out.scatter_(1, items, mixed.masked_fill(items == 0, NEG))
+
+
+class GRU4Rec(nn.Module):
+    """GRU4Rec baseline (Hidasi et al. 2016) in the same harness: a GRU over the click sequence, the
+    last hidden state scored against every item embedding; trained with full cross-entropy on the same
+    prefix cases. Takes the same inputs as :class:`IGRec` (the clicks are ``items[alias]``)."""
+
+    def __init__(self, config: ModelConfig, item_encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.item_encoder = item_encoder or ItemEmbedding(config.n_items, config.dim)
+        self.gru = nn.GRU(config.dim, config.dim, batch_first=True)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def logits(self, items, alias, mask) -> torch.Tensor:
+        """[B, n_items + 1] float32 scores (column 0 = NEG) from the GRU state after the last click."""
+        clicks = torch.gather(items, 1, alias) * mask.long()
+        out, _ = self.gru(self.dropout(self.item_encoder(clicks)))
+        last_index = (mask.sum(1) - 1).clamp(min=0).long()
+        last = torch.gather(out, 1, last_index.view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)
+        return _score(self.dropout(last), self.item_encoder.table(), self.training)
+
+    def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
+        """log p(target) [B] (see :meth:`IGRec.log_likelihood`)."""
+        return target_log_softmax(self.logits(items, alias, mask), target)
+
+    def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
+        return torch.log_softmax(self.logits(items, alias, mask), -1)
+
+
+class _TargetLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits)[b, target[b]]`` with a hand-written backward that reuses one [B, V] buffer.
+
+    The gradient ``g * (onehot(target) - softmax(logits))`` costs one fused softmax and one in-place
+    multiply, instead of autograd's chain of sub/exp/mul/fill/scatter over [B, V] temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, -1)
+        ctx.save_for_backward(logits, target)
+        return logits.gather(1, target[:, None]).squeeze(1) - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, target = ctx.saved_tensors
+        out = torch.softmax(logits, -1)
+        out.mul_(-grad[:, None])
+        out[torch.arange(out.shape[0], device=out.device), target] += grad
+        return out, None
+
+
+def target_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log p(target) [B] under softmax(logits [B, V]) (float32 logits expected)."""
+    return _TargetLogSoftmax.apply(logits, target)
+
+
+def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Stable log(exp(a) + exp(b)) from ops every ONNX opset has (aten::logaddexp has no exporter)."""
+    m = torch.maximum(a, b)
+    return m + torch.log(torch.exp(a - m) + torch.exp(b - m))
+
+
+def _score(query: torch.Tensor, table: torch.Tensor, training: bool) -> torch.Tensor:
+    """Logits [B, V] = query [B, D] . table [V, D]^T, padding column set to NEG.
+
+    Training keeps the autocast dtype (bf16 halves the memory traffic of the [B, V] passes that dominate
+    a CPU step); inference scores in float32, because bf16's 8-bit mantissa would create ties, and ties
+    count against the target.
+    """
+    if training:
+        logits = torch.matmul(query, table.t())
+    else:
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            logits = torch.matmul(query.float(), table.float().t())
+    cols = torch.arange(table.shape[0], device=query.device)
+    return logits + ((cols == 0).to(logits.dtype) * NEG)[None, :]
+
+
+def build_network(config: ModelConfig, item_encoder: nn.Module | None = None) -> nn.Module:
+    """The network named by ``config.arch``."""
+    if config.arch == "gru4rec":
+        return GRU4Rec(config, item_encoder)
+    if config.arch == "igrec":
+        return IGRec(config, item_encoder)
+    raise ValueError(f"unknown arch {config.arch!r}")

@@ -1,0 +1,280 @@
+"""``igrec train``: fit a network on a session split, early-stop on a validation slice, write a run folder.
+
+A run folder holds ``checkpoint.pt`` (last epoch, for resume), ``best.pt`` (best validation HR@20),
+``results.json`` (config, per-epoch history, final test metrics) and ``curves.png`` (loss and HR@20 per
+epoch). Checkpoints are ``torch.save`` of state dicts and plain dicts, loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.data import Cases, SessionSplit, load_raw, read_split, sessions_to_cases, split_validation
+from model.graphs import build_global_graph, build_session_graphs
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (all plain values, stored in results and checkpoints)."""
+
+    data: str
+    out: str = "runs/igrec"
+    raw_format: str | None = None
+    arch: str = "igrec"
+    epochs: int = 4
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 1e-3
+    lr_embedding: float | None = None
+    weight_decay: float = 1e-5
+    warmup: float = 0.05
+    final_lr_fraction: float = 0.0
+    val_fraction: float = 0.1
+    val_max_cases: int = 20_000
+    max_train_cases: int | None = None
+    patience: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True
+    threads: int | None = None
+    max_len: int = 50
+    binary_adj: bool = False
+    resume: bool = False
+    test_each_epoch: bool = True
+    model: dict = field(default_factory=dict)
+
+
+def load_dataset(data: str, raw_format: str | None = None) -> SessionSplit:
+    """A split folder (``train_sessions.txt`` + ``test.tsv``) or a raw log with ``raw_format``."""
+    if raw_format:
+        return load_raw(data, raw_format)
+    return read_split(data)
+
+
+def length_sorted_batches(cases: Cases, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Case indices grouped into batches of similar prefix length (less padding), in random order."""
+    order = np.lexsort((rng.random(len(cases)), cases.length))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_tensors(cases: Cases, index: np.ndarray, max_len: int, binary: bool, device) -> tuple:
+    """(inputs, target) tensors for the cases ``index``: the numpy graphs of :mod:`model.graphs`."""
+    import torch
+
+    graphs = build_session_graphs(cases.padded(index, max_len), binary=binary)
+    inputs = tuple(torch.from_numpy(a).to(device) for a in graphs.arrays())
+    return inputs, torch.from_numpy(cases.target[index]).to(device)
+
+
+def linear_schedule(total_steps: int, warmup: float, final: float):
+    """LR multiplier: linear warm-up over ``warmup`` of the steps, then linear decay to ``final``."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return final + (1.0 - final) * (1.0 - progress)
+
+    return factor
+
+
+def parameter_groups(net, lr: float, lr_embedding: float | None, weight_decay: float) -> list[dict]:
+    """Optimiser groups with their own learning rates: the item encoder and the rest of the network."""
+    enc = [p for p in net.item_encoder.parameters() if p.requires_grad]
+    enc_ids = {id(p) for p in enc}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in enc_ids]
+    return [
+        {"params": enc, "lr": lr_embedding or lr, "weight_decay": weight_decay, "name": "item_encoder"},
+        {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "network"},
+    ]
+
+
+def make_model_config(cfg: TrainConfig, n_items: int):
+    from model.network import ModelConfig
+
+    if cfg.arch == "srgnn":
+        return ModelConfig.srgnn(n_items, max_len=cfg.max_len, **cfg.model)
+    if cfg.arch == "gru4rec":
+        return ModelConfig(n_items=n_items, arch="gru4rec", max_len=cfg.max_len, dropout=0.0,
+                           **{k: v for k, v in cfg.model.items() if k != "arch"})
+    return ModelConfig(n_items=n_items, max_len=cfg.max_len, **cfg.model)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, early-stop on validation HR@20, evaluate the best epoch on test; returns the results."""
+    import torch
+    from tqdm import tqdm
+
+    from model.evaluate import evaluate_network
+    from model.network import build_network
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+
+    split = load_dataset(cfg.data, cfg.raw_format)
+    fit_sessions, val_sessions = split_validation(split.train, cfg.val_fraction)
+    fit = sessions_to_cases(fit_sessions)
+    if cfg.max_train_cases and len(fit) > cfg.max_train_cases:
+        fit = fit.subset(np.random.default_rng(cfg.seed).permutation(len(fit))[: cfg.max_train_cases])
+    val = sessions_to_cases(val_sessions) if val_sessions else split.test
+    if len(val) > cfg.val_max_cases:
+        val = val.subset(np.random.default_rng(cfg.seed + 1).permutation(len(val))[: cfg.val_max_cases])
+
+    mcfg = make_model_config(cfg, split.n_items)
+    net = build_network(mcfg).to(device)
+    if getattr(mcfg, "use_global", False) and mcfg.arch == "igrec":
+        gg = build_global_graph(fit_sessions, split.n_items, mcfg.global_neighbors)
+        net.set_global_graph(gg.neighbors, gg.weights)
+    steps_per_epoch = math.ceil(len(fit) / cfg.batch_size)
+    opt = torch.optim.AdamW(parameter_groups(net, cfg.lr, cfg.lr_embedding, cfg.weight_decay),
+                            fused=device.type in ("cpu", "cuda"))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, linear_schedule(steps_per_epoch * cfg.epochs, cfg.warmup, cfg.final_lr_fraction))
+
+    history: list[dict] = []
+    start_epoch, best = 0, {"epoch": -1, "HR@20": -1.0}
+    ckpt_path = out / "checkpoint.pt"
+    if cfg.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True, map_location=device)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        torch.set_rng_state(state["torch_rng"])
+
+    print(f"{split.name}: {len(split.train)} train sessions ({len(fit)} fit cases, {len(val)} validation "
+          f"cases), {len(split.test)} test cases, {split.n_items} items; "
+          f"{sum(p.numel() for p in net.parameters()):,} parameters")
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        net.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(length_sorted_batches(fit, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   mininterval=5.0)
+        for index in bar:
+            inputs, target = batch_tensors(fit, index, cfg.max_len, cfg.binary_adj, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = -net.log_likelihood(target, *inputs).float().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(index)
+            seen += len(index)
+            bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        train_time = time.perf_counter() - t0
+        val_metrics = evaluate_network(net, val, cfg.eval_batch_size, device, cfg.bf16, cfg.max_len,
+                                       cfg.binary_adj)
+        row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "train_seconds": train_time,
+               "val": val_metrics}
+        if cfg.test_each_epoch:
+            row["test"] = evaluate_network(net, split.test, cfg.eval_batch_size, device, cfg.bf16,
+                                           cfg.max_len, cfg.binary_adj)
+        history.append(row)
+        improved = val_metrics["HR@20"] > best["HR@20"]
+        if improved:
+            best = {"epoch": epoch + 1, "HR@20": val_metrics["HR@20"]}
+            torch.save({"model": net.state_dict(), "config": mcfg.to_dict(), "train": asdict(cfg)},
+                       out / "best.pt")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "config": mcfg.to_dict(), "train": asdict(cfg), "history": history, "best": best,
+                    "epoch": epoch, "torch_rng": torch.get_rng_state()}, ckpt_path)
+        test_txt = (f" test HR@20 {row['test']['HR@20']:.2f} MRR@20 {row['test']['MRR@20']:.2f}"
+                    if "test" in row else "")
+        print(f"epoch {epoch + 1}: loss {row['loss']:.4f} ({train_time:.0f}s) val HR@20 "
+              f"{val_metrics['HR@20']:.2f} MRR@20 {val_metrics['MRR@20']:.2f}{test_txt}", flush=True)
+        if epoch + 1 - best["epoch"] >= cfg.patience:
+            print(f"early stop: no validation gain for {cfg.patience} epochs")
+            break
+
+    best_state = torch.load(out / "best.pt", weights_only=True, map_location=device)
+    net.load_state_dict(best_state["model"])
+    test = evaluate_network(net, split.test, cfg.eval_batch_size, device, cfg.bf16, cfg.max_len,
+                            cfg.binary_adj)
+    results = {"dataset": split.name, "data": cfg.data, "train": asdict(cfg), "model": mcfg.to_dict(),
+               "history": history, "best_epoch": best["epoch"], "test": test,
+               "mean_epoch_seconds": float(np.mean([h["train_seconds"] for h in history]))}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_curves(history, out / "curves.png")
+    print(f"test (best validation epoch {best['epoch']}): " +
+          " ".join(f"{k} {v:.2f}" for k, v in test.items() if k != "cases"))
+    return results
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """PNG of training loss and validation/test HR@20 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="train loss", title="loss")
+    ax2.plot(epochs, [h["val"]["HR@20"] for h in history], marker="o", label="validation")
+    if history and "test" in history[0]:
+        ax2.plot(epochs, [h["test"]["HR@20"] for h in history], marker="s", label="test")
+    ax2.set(xlabel="epoch", ylabel="HR@20 (%)", title="HR@20")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``igrec train`` (one per :class:`TrainConfig` field; model options via ``--set``)."""
+    p.add_argument("--data", required=True, help="split folder, or a raw click log with --raw-format")
+    p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"])
+    p.add_argument("--out", default="runs/igrec")
+    p.add_argument("--arch", choices=["igrec", "srgnn", "gru4rec"], default="igrec")
+    for name, typ in [("epochs", int), ("batch-size", int), ("eval-batch-size", int), ("lr", float),
+                      ("lr-embedding", float), ("weight-decay", float), ("warmup", float),
+                      ("val-fraction", float), ("val-max-cases", int), ("max-train-cases", int),
+                      ("patience", int), ("seed", int), ("threads", int), ("max-len", int)]:
+        p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_"), None))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--binary-adj", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-test-each-epoch", dest="test_each_epoch", action="store_false")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. --set interests=4 --set use_repeat=false")
+
+
+def parse_model_options(pairs: list[str]) -> dict:
+    """``["dim=128", "use_global=false"]`` -> ``{"dim": 128, "use_global": False}``."""
+    out: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                out[key] = float(value) if value.replace(".", "", 1).replace("e-", "", 1).isdigit() else value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    values["model"] = parse_model_options(args.set)
+    return TrainConfig(**values)

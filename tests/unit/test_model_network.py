@@ -1,0 +1,127 @@
+"""The torch networks: output contract, training loss == forward, interests, history gate, ONNX export,
+and a tiny end-to-end train/evaluate/resume through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from model.graphs import build_history_graphs, build_session_graphs  # noqa: E402
+from model.network import ModelConfig, build_network, target_log_softmax  # noqa: E402
+
+SESSIONS = [[1, 2, 3, 2], [5, 6], [7, 7, 7, 8, 9]]
+TARGETS = torch.tensor([2, 10, 7])
+CONFIGS = {
+    "igrec": ModelConfig(n_items=30, dim=16, interests=3),
+    "srgnn": ModelConfig.srgnn(30, dim=16),
+    "gru4rec": ModelConfig(n_items=30, dim=16, arch="gru4rec"),
+}
+
+
+def _inputs(sessions=SESSIONS):
+    return tuple(torch.from_numpy(a) for a in build_session_graphs(sessions).arrays())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_forward_is_a_distribution_over_items_and_matches_the_training_loss(name):
+    torch.manual_seed(0)
+    net = build_network(CONFIGS[name]).eval()
+    x = _inputs()
+    with torch.no_grad():
+        logp = net(*x)
+        ll = net.log_likelihood(TARGETS, *x)
+    assert logp.shape == (3, 31)
+    assert (logp[:, 0] < -1e8).all()
+    np.testing.assert_allclose(logp[:, 1:].exp().sum(1).numpy(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(ll.numpy(), logp.gather(1, TARGETS[:, None]).squeeze(1).numpy(), rtol=1e-5)
+
+
+def test_target_log_softmax_gradient():
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1, 2, 3, 6])
+    assert torch.autograd.gradcheck(lambda v: target_log_softmax(v, t), (x,))
+
+
+def test_gumbel_noise_only_in_training():
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(n_items=30, dim=16, interests=4, dropout=0.0, use_repeat=False))
+    x = _inputs()
+    net.eval()
+    with torch.no_grad():
+        a, b = net(*x), net(*x)
+    torch.testing.assert_close(a, b)
+    net.train()
+    with torch.no_grad():
+        c = net(*x)
+    assert not torch.allclose(a, c)
+
+
+def test_repeat_branch_raises_probability_of_session_items():
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(n_items=30, dim=16, use_global=False)).eval()
+    with torch.no_grad():
+        net.repeat.gate.bias.fill_(10.0)  # p(repeat) ~ 1: almost all mass on the session's items
+        logp = net(*_inputs([[4, 5, 6]]))
+    assert logp[0, [4, 5, 6]].exp().sum() > 0.99
+
+
+def test_empty_history_is_a_no_op_and_real_history_changes_the_scores():
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(n_items=30, dim=16, use_global=False, dropout=0.0)).eval()
+    x = _inputs()
+    empty = build_history_graphs([[], [], []])
+    some = build_history_graphs([[[11, 12]], [], [[13, 14, 15]]])
+    with torch.no_grad():
+        base = net(*x)
+        with_empty = net(*x, torch.from_numpy(empty.items), torch.from_numpy(empty.adj))
+        with_some = net(*x, torch.from_numpy(some.items), torch.from_numpy(some.adj))
+    torch.testing.assert_close(base, with_empty)
+    torch.testing.assert_close(base[1], with_some[1])
+    assert not torch.allclose(base[0], with_some[0])
+
+
+def test_onnx_export_opset18_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(n_items=30, dim=16)).eval()
+    names = ["items", "alias", "adj", "mask", "hist_items", "hist_adj"]
+    g, h = build_session_graphs(SESSIONS), build_history_graphs([[[4, 5]], [], [[1, 2]]])
+    example = tuple(torch.from_numpy(a) for a in (*g.arrays(), h.items, h.adj))
+    axes = {"items": {0: "b", 1: "n"}, "alias": {0: "b", 1: "l"}, "adj": {0: "b", 1: "n", 2: "n2"},
+            "mask": {0: "b", 1: "l"}, "hist_items": {0: "b", 1: "h"}, "hist_adj": {0: "b", 1: "h", 2: "h2"}}
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, example, str(path), opset_version=18, dynamo=False, input_names=names,
+                      output_names=["logp"], dynamic_axes=axes)
+    # Different batch, graph and history sizes than the example.
+    g2, h2 = build_session_graphs([[1, 2, 3, 4, 5, 6, 1], [9]]), build_history_graphs([[], [[3, 4, 5]]])
+    feeds = dict(zip(names, (*g2.arrays(), h2.items, h2.adj), strict=True))
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    with torch.no_grad():
+        ref = net(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    np.testing.assert_allclose(out[:, 1:], ref[:, 1:], atol=1e-4)
+
+
+def test_cli_train_evaluate_resume(tmp_path, capsys):
+    from model.cli import main
+
+    rng = np.random.default_rng(0)
+    # Learnable toy data: item i is followed by i + 1 (mod 20).
+    sessions = [[(s + k) % 20 + 1 for k in range(rng.integers(2, 6))] for s in rng.integers(0, 20, 300)]
+    (tmp_path / "train_sessions.txt").write_text("\n".join(" ".join(map(str, s)) for s in sessions) + "\n")
+    (tmp_path / "test.tsv").write_text("".join(f"{i}\t{i % 20 + 1}\n" for i in range(1, 21)))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path), "--out", str(out), "--batch-size", "32", "--lr", "1e-2",
+            "--set", "dim=16", "--no-test-each-epoch", "--patience", "5"]
+    main([*args, "--epochs", "2"])
+    res = json.loads((out / "results.json").read_text())
+    assert res["test"]["HR@10"] > 80.0  # a random ranking of 20 items gives 50
+    assert (out / "curves.png").stat().st_size > 0
+    main([*args, "--epochs", "3", "--resume"])
+    res2 = json.loads((out / "results.json").read_text())
+    assert [h["epoch"] for h in res2["history"]] == [1, 2, 3]
+    main(["evaluate", "--data", str(tmp_path), "--checkpoint", str(out / "best.pt")])
+    main(["evaluate", "--data", str(tmp_path), "--baseline", "pop"])
+    assert "HR@20" in capsys.readouterr().out
