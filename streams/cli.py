@@ -50,6 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sessions", type=int, default=200, help="how many test sessions to publish")
     demo.set_defaults(func=_demo)
 
+    worker = commands.add_parser(
+        "worker",
+        help="run the stream worker: events -> session graphs -> scores -> recommendations",
+        description="Consumes igrec.events (key = user id), keeps per-user sessions in a RocksDB-backed faust Table, "
+        "scores micro-batches with an exported artefact (onnxruntime; CUDA if present, else CPU) and emits "
+        "recommendations, enriched events and knowledge triples. Malformed events go to igrec.events.dlq. "
+        "Run several with the same --app-id to share the partitions.",
+    )
+    worker.add_argument("--artefact", required=True, help="artefact folder written by `igrec export`")
+    worker.add_argument("--app-id", default="igrec-worker", help="consumer group and state name")
+    worker.add_argument("--batch-max", type=int, default=256, help="most events per scoring micro-batch")
+    worker.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a micro-batch")
+    worker.add_argument("--session-gap-min", type=float, default=30.0, help="inactivity that ends a session")
+    worker.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
+    worker.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
+    worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=_worker)
+
     sink = commands.add_parser(
         "sink",
         help="run the Neo4j sink: igrec.kg.triples -> Neo4j (batched, idempotent)",
@@ -132,6 +152,27 @@ def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
     return run_demo(args.settings, dataset=args.dataset, n_sessions=args.sessions)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.state import SessionPolicy
+    from streams.worker import WorkerConfig, run_worker
+
+    config = WorkerConfig(
+        artefact=Path(args.artefact),
+        app_id=args.app_id,
+        batch_max=args.batch_max,
+        batch_wait_ms=args.batch_wait_ms,
+        policy=SessionPolicy(gap_s=60.0 * args.session_gap_min),
+        providers=args.providers,
+        threads=args.threads,
+        metrics_port=args.metrics_port or None,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
+    run_worker(args.settings, config, loglevel=args.loglevel)
+    return 0
 
 
 def _sink(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
 from model.data import Cases
+from streams.records import SCHEMA_VERSION
 from streams.settings import Settings
 
 REPLAY_EPOCH = 1_700_000_000.0
@@ -43,6 +44,7 @@ def session_events(sessions: Sequence[Sequence[int]], run: str, first_user: int 
         user = f"{run}-u{index}"
         for pos, item in enumerate(session):
             yield {
+                "schema_version": SCHEMA_VERSION,
                 "event_id": f"{user}-{pos}",
                 "user_id": user,
                 "session_id": f"{user}-s0",

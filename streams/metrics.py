@@ -1,0 +1,23 @@
+"""Prometheus metrics of the worker, served on ``/metrics`` (``igrec worker --metrics-port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS = Counter("igrec_events_total", "Events handled, by outcome", ["outcome"])
+DLQ = Counter("igrec_dlq_total", "Events sent to the dead-letter topic, by reason", ["reason"])
+BATCH = Histogram("igrec_batch_size", "Events scored per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+SCORE_SECONDS = Histogram(
+    "igrec_score_seconds", "Scorer time per micro-batch", buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+)
+LATENCY = Histogram(
+    "igrec_event_latency_seconds",
+    "Kafka append time of an event -> its recommendation handed to the producer",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+LAG = Gauge("igrec_consumer_lag", "Events not yet processed, per partition of the events topic", ["partition"])
+
+
+def serve(port: int) -> None:
+    """Expose the metrics over HTTP on 127.0.0.1:``port``."""
+    start_http_server(port, addr="127.0.0.1")

@@ -1,0 +1,256 @@
+"""The igrec worker: ``igrec.events`` -> per-user session state -> micro-batched scoring -> outputs.
+
+One faust agent takes up to ``batch_max`` events or whatever arrived within ``batch_wait_ms``, then:
+
+1. validates each message (refused ones go to ``igrec.events.dlq`` with the reason and source offset);
+2. applies it to its user's state in the ``users`` Table (RocksDB, changelog-backed);
+3. scores all the batch's sessions in one onnxruntime call (``export.scorer.Scorer``, off the event loop);
+4. emits a Recommendation and an EnrichedEvent per event, and the knowledge triples the event creates.
+
+Delivery is at-least-once with idempotent keys: faust flushes every output and the changelog before it
+commits the batch's offsets, so a crash can only re-deliver. A re-delivered event does not change the
+state (``streams.state`` keeps the last applied offset per user) and its recommendation is recomputed on
+the same prefix and re-emitted under the same ``event_id``; triples are absolute values. Exactly-once
+(Kafka transactions) was not chosen: it would make every output wait for a transaction commit, and the
+idempotent contract already gives every consumer one answer per event.
+
+The Table writes with ``use_partitioner``: its changelog partition is the producer's murmur2 of the user
+key, the same as the events topic's when producers key by user id with Kafka's default partitioner. An
+event found on another partition than murmur2 assigns it goes to the DLQ, because its user's state would
+otherwise live on two workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+
+from streams import metrics
+from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
+from streams.settings import Settings
+from streams.state import OversizedSession, SessionPolicy, Step, apply_event
+from streams.triples import edge
+from streams.validate import EventError, parse_event
+
+log = logging.getLogger("igrec.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How the worker batches, where it keeps local state, and which artefact scores."""
+
+    artefact: Path
+    app_id: str = "igrec-worker"
+    batch_max: int = 256
+    batch_wait_ms: float = 10.0
+    policy: SessionPolicy = field(default_factory=SessionPolicy)
+    providers: str = "auto"
+    threads: int | None = None
+    metrics_port: int | None = 9108
+    data_dir: Path | None = None
+
+
+@dataclass
+class Scored:
+    """One event after state: its record, step and source message, ready for scoring and output."""
+
+    event: Event
+    step: Step
+    received: float
+    kafka_ts: float
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
+    """The faust app with its topics, the ``users`` Table and the scoring agent."""
+    from export.scorer import Scorer
+
+    data_dir = config.data_dir or settings.state_dir / "worker" / config.app_id
+    app = faust.App(
+        config.app_id,
+        **settings.faust_broker(),
+        store="rocksdb://",
+        datadir=str(data_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+        stream_buffer_maxsize=4 * config.batch_max,
+    )
+    partitions = settings.topic_partitions
+    events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
+    recommendations = app.topic(settings.topic_recommendations, key_serializer="raw", value_type=Recommendation)
+    enriched = app.topic(settings.topic_enriched, key_serializer="raw", value_type=EnrichedEvent)
+    triples = app.topic(settings.topic_triples, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_type=DeadLetter)
+    users = app.Table(
+        "users", partitions=partitions, key_serializer="raw", value_serializer="json", use_partitioner=True
+    )
+    scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads)
+    model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer")
+
+    async def dead_letter(message: Any, reason: str) -> None:
+        metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
+        await dlq.send(
+            key=message.key,
+            value=DeadLetter(
+                schema_version=SCHEMA_VERSION,
+                reason=reason,
+                source_topic=message.topic,
+                source_partition=message.partition,
+                source_offset=message.offset,
+                key=message.key.decode(errors="replace") if message.key is not None else None,
+                value=message.value.decode(errors="replace") if message.value is not None else None,
+                received_at=time.time(),
+            ),
+        )
+
+    def admit(message: Any, now: float) -> Scored:
+        """Validate ``message`` and apply it to its user's state; raises EventError / OversizedSession."""
+        event = parse_event(message.value, message.key, now)
+        if partition_of(message.key, partitions) != message.partition:
+            raise EventError(f"key {event.user_id!r} belongs on partition {partition_of(message.key, partitions)}")
+        key = message.key
+        state, step = apply_event(users.get(key), event, message.partition, message.offset, config.policy)
+        if step.applied:
+            users[key] = state
+        return Scored(event, step, now, message.timestamp / 1000.0 if message.timestamp else now)
+
+    async def emit(item: Scored, items: list[str], scores: list[float], scored: bool, score_ms: float) -> None:
+        event, step = item.event, item.step
+        key = event.user_id.encode()
+        now = time.time()
+        await recommendations.send(
+            key=key,
+            value=Recommendation(
+                schema_version=SCHEMA_VERSION,
+                event_id=event.event_id,
+                user_id=event.user_id,
+                session_id=step.session_id,
+                position=step.position,
+                items=items,
+                scores=scores,
+                scored=scored,
+                model_version=model_version,
+                event_ts=event.ts,
+                emitted_at=now,
+                latency_ms={
+                    "queue": 1000.0 * (item.received - item.kafka_ts),
+                    "score": score_ms,
+                    "total": 1000.0 * (now - item.kafka_ts),
+                },
+            ),
+        )
+        await enriched.send(
+            key=key,
+            value=EnrichedEvent(
+                schema_version=SCHEMA_VERSION,
+                event_id=event.event_id,
+                user_id=event.user_id,
+                session_id=step.session_id,
+                item_id=event.item_id,
+                ts=event.ts,
+                type=event.type,
+                position=step.position,
+                session_length=step.position + 1,
+                new_session=step.new_session,
+                known_item=bool(scorer.index_of([event.item_id])[0]),
+                interest_weights=None,
+                recommendations=items,
+                context=event.context,
+            ),
+        )
+        for fact in event_triples(event, step):
+            await triples.send(key=key, value=fact)
+        metrics.LATENCY.observe(now - item.kafka_ts)
+
+    @app.agent(events)
+    async def process(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
+            now = time.time()
+            admitted: list[Scored] = []
+            for faust_event in batch:
+                message = faust_event.message
+                processed[message.partition] = message.offset
+                try:
+                    admitted.append(admit(message, now))
+                except (EventError, OversizedSession) as error:
+                    await dead_letter(message, str(error))
+            metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
+            if not admitted:
+                continue
+            began = time.perf_counter()
+            results = await loop.run_in_executor(executor, score_batch, scorer, [a.step for a in admitted])
+            score_ms = 1000.0 * (time.perf_counter() - began)
+            metrics.BATCH.observe(len(admitted))
+            metrics.SCORE_SECONDS.observe(score_ms / 1000.0)
+            for item, (items, scores, scored) in zip(admitted, results, strict=True):
+                await emit(item, items, scores, scored, score_ms)
+            metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
+
+    processed: dict[int, int] = {}
+
+    @app.timer(interval=5.0)
+    async def report_lag() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic == settings.topic_events:
+                highwater = app.consumer.highwater(tp)
+                if highwater is not None:
+                    lag = highwater - processed.get(tp.partition, -1) - 1
+                    metrics.LAG.labels(partition=str(tp.partition)).set(max(lag, 0))
+
+    app.igrec_scorer = scorer
+    return app
+
+
+def score_batch(scorer: Any, steps: list[Step]) -> list[tuple[list[str], list[float], bool]]:
+    """Top-K external ids and scores per step; unknown items are left out of the scored session, and a
+    session with no known item (or an event whose clicks left the bounded state) is not scored."""
+    known = [[int(i) for i in scorer.index_of(step.current) if i] for step in steps]
+    histories = [[[int(i) for i in scorer.index_of(s) if i] for s in step.history] for step in steps]
+    rows = [b for b, session in enumerate(known) if session]
+    results: list[tuple[list[str], list[float], bool]] = [([], [], False)] * len(steps)
+    if rows:
+        top, scores = scorer.recommend_sessions([known[b] for b in rows], [histories[b] for b in rows])
+        for row, b in enumerate(rows):
+            results[b] = ([str(x) for x in scorer.external_ids(top[row])], [float(s) for s in scores[row]], True)
+    return results
+
+
+def event_triples(event: Event, step: Step) -> list[bytes]:
+    """The knowledge facts one event creates, as absolute values (safe to re-deliver)."""
+    if not step.found:
+        return []
+    facts = [
+        edge(("Session", step.session_id), "CLICKED", ("Item", event.item_id), pos=step.position, ts=event.ts),
+    ]
+    if step.position == 0:
+        facts.append(edge(("User", event.user_id), "HAD", ("Session", step.session_id)))
+    return [fact.to_json() for fact in facts]
+
+
+def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info") -> None:
+    """Start the worker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+    from faust.worker import Worker
+
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    app = create_app(settings, config)
+    log.info("%s", orjson.dumps({"msg": "worker starting", "artefact": str(config.artefact)}).decode())
+    Worker(app, loglevel=loglevel).execute_from_commandline()
