@@ -70,6 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
 
+    replay = commands.add_parser(
+        "replay",
+        help="publish a dataset as click events, or copy a recorded topic range for re-scoring",
+        description="split: the test sessions of a split folder, click by click (one user and session each, "
+        "deterministic timestamps). raw: a raw click log (diginetica / yoochoose / csv) in time order with its "
+        "users and sessions. copy: a range of a recorded topic (by offsets or by time) into another topic.",
+    )
+    replay_commands = replay.add_subparsers(dest="replay_command", required=True, metavar="SOURCE")
+    split = replay_commands.add_parser("split", help="test sessions of a split folder (train_sessions.txt + test.tsv)")
+    split.add_argument("folder", help="e.g. ../shared/data/diginetica/srgnn_split")
+    split.add_argument("--sessions", type=int, default=None, help="only the first N test sessions")
+    raw = replay_commands.add_parser("raw", help="a raw click log with session/user/item/time columns")
+    raw.add_argument("path")
+    raw.add_argument("--format", required=True, choices=["diginetica", "yoochoose"])
+    for source in (split, raw):
+        source.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+        source.add_argument("--run", default=None, help="prefix of user and event ids (default: replay-<time>)")
+        source.add_argument("--topic", default=None, help="target topic (default: the events topic)")
+        source.set_defaults(func=_replay)
+    copy = replay_commands.add_parser("copy", help="copy a topic range (offsets or time) to a new topic")
+    copy.add_argument("source_topic")
+    copy.add_argument("target_topic")
+    copy.add_argument("--from-offset", type=int, default=None, help="first offset, in every partition")
+    copy.add_argument("--to-offset", type=int, default=None, help="end offset (exclusive), in every partition")
+    copy.add_argument("--since", default=None, help="ISO time or epoch seconds: first message at or after it")
+    copy.add_argument("--until", default=None, help="ISO time or epoch seconds: stop before it")
+    copy.set_defaults(func=_replay_copy)
+
     sink = commands.add_parser(
         "sink",
         help="run the Neo4j sink: igrec.kg.triples -> Neo4j (batched, idempotent)",
@@ -172,6 +200,61 @@ def _worker(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
     run_worker(args.settings, config, loglevel=args.loglevel)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from streams.replay import cases_to_sessions, publish, raw_events, session_events
+    from streams.topics import ensure_topics
+
+    run = args.run or f"replay-{int(time.time())}"
+    if args.replay_command == "split":
+        from model.data import read_test_tsv
+
+        sessions = cases_to_sessions(read_test_tsv(Path(args.folder) / "test.tsv"))[: args.sessions]
+        events = list(session_events(sessions, run=run))
+        what = f"{len(sessions)} test sessions of {args.folder}"
+    else:
+        from model.data import read_diginetica_clicks, read_yoochoose_clicks
+
+        reader = {"diginetica": read_diginetica_clicks, "yoochoose": read_yoochoose_clicks}[args.format]
+        events = raw_events(reader(args.path), run=run)
+        what = f"the {args.format} log {args.path}"
+    topic = args.topic or args.settings.topic_events
+    asyncio.run(ensure_topics(args.settings, [topic]))
+    asyncio.run(publish(args.settings, topic, events, rate=args.rate, desc=f"replay -> {topic}"))
+    print(f"published {len(events)} events of {what} to {topic} (run {run})")
+    return 0
+
+
+def _epoch(text: str) -> float:
+    """Epoch seconds from a number or an ISO date/time (UTC when no zone is given)."""
+    import datetime as dt
+
+    try:
+        return float(text)
+    except ValueError:
+        stamp = dt.datetime.fromisoformat(text)
+        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _replay_copy(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.replay import copy_range
+    from streams.topics import ensure_topics
+
+    start = {p: args.from_offset for p in range(1024)} if args.from_offset is not None else None
+    end = {p: args.to_offset for p in range(1024)} if args.to_offset is not None else None
+    start = _epoch(args.since) if args.since else start
+    end = _epoch(args.until) if args.until else end
+    asyncio.run(ensure_topics(args.settings, [args.target_topic]))
+    copied = asyncio.run(copy_range(args.settings, args.source_topic, args.target_topic, start, end))
+    print(f"copied {copied} messages from {args.source_topic} to {args.target_topic}")
     return 0
 
 

@@ -1,16 +1,25 @@
-"""Turn dataset sessions into click events and publish them to Kafka (the seed of ``igrec replay``)."""
+"""``igrec replay``: datasets as click events on Kafka, and recorded topic ranges copied for re-scoring.
+
+Split test sessions become one user and one session each, clicked in order with deterministic timestamps
+(so a replay is reproducible and its recommendations can be joined back to the offline cases); raw click
+logs keep their own users, sessions and times.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm
 
-from model.data import Cases
+from model.data import Cases, Clicks
 from streams.records import SCHEMA_VERSION
 from streams.settings import Settings
+from streams.topics import partition_count
 
 REPLAY_EPOCH = 1_700_000_000.0
 CLICK_SPACING_S = 30.0
@@ -54,9 +63,32 @@ def session_events(sessions: Sequence[Sequence[int]], run: str, first_user: int 
             }
 
 
-async def publish(settings: Settings, topic: str, events: Sequence[dict]) -> None:
+def raw_events(clicks: Clicks, run: str) -> list[dict]:
+    """Events of a raw click log in time order; the user is the log's user where it has one, else the session."""
+    order = np.argsort(clicks.time, kind="stable")
+    events = []
+    for n, i in enumerate(order.tolist()):
+        user = clicks.user[i] if clicks.user and clicks.user[i] not in ("", "NA") else clicks.session[i]
+        events.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": f"{run}-{n}",
+                "user_id": str(user),
+                "session_id": str(clicks.session[i]),
+                "item_id": str(clicks.item[i]),
+                "ts": float(clicks.time[i]),
+                "type": "click",
+            }
+        )
+    return events
+
+
+async def publish(
+    settings: Settings, topic: str, events: Sequence[dict], rate: float | None = None, desc: str | None = None
+) -> None:
     """Publish events keyed by user id with an idempotent producer, waiting until all are acknowledged."""
-    await publish_payloads(settings, topic, [orjson.dumps(e) for e in events], [e["user_id"].encode() for e in events])
+    payloads = [orjson.dumps(e) for e in events]
+    await publish_payloads(settings, topic, payloads, [e["user_id"].encode() for e in events], desc=desc, rate=rate)
 
 
 async def publish_payloads(
@@ -65,13 +97,18 @@ async def publish_payloads(
     payloads: Sequence[bytes],
     keys: Sequence[bytes] | None = None,
     desc: str | None = None,
+    rate: float | None = None,
 ) -> None:
-    """Publish raw payloads (optionally keyed) with an idempotent producer; returns once all are acknowledged."""
+    """Publish raw payloads (optionally keyed, at most ``rate`` per second) with an idempotent producer;
+    returns once all are acknowledged."""
     producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
+    began = time.perf_counter()
     try:
         with tqdm(total=len(payloads), desc=desc, unit="msg", disable=desc is None) as bar:
             for index, payload in enumerate(payloads):
+                if rate and (ahead := began + index / rate - time.perf_counter()) > 0:
+                    await asyncio.sleep(ahead)
                 await producer.send(topic, value=payload, key=keys[index] if keys else None)
                 if index % 1000 == 999:
                     bar.update(1000)
@@ -79,3 +116,61 @@ async def publish_payloads(
             bar.update(len(payloads) - bar.n)
     finally:
         await producer.stop()
+
+
+async def copy_range(
+    settings: Settings,
+    source: str,
+    target: str,
+    start: dict[int, int] | float | None = None,
+    end: dict[int, int] | float | None = None,
+) -> int:
+    """Copy messages of ``source`` to ``target`` (same keys, values and partitions), for re-scoring.
+
+    ``start`` / ``end``: per-partition offsets (end exclusive), or a time in epoch seconds (the first
+    message at or after it), or None for the beginning / the current end. Returns the messages copied.
+    """
+    tps = [TopicPartition(source, p) for p in range(await partition_count(settings, source))]
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), enable_idempotence=True, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    copied = 0
+    try:
+        first = await _offsets(consumer, tps, start, default=await consumer.beginning_offsets(tps))
+        last = await _offsets(consumer, tps, end, default=await consumer.end_offsets(tps))
+        total = sum(max(last[tp] - first[tp], 0) for tp in tps)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, first[tp])
+        remaining = {tp for tp in tps if last[tp] > first[tp]}
+        with tqdm(total=total, desc=f"copy {source} -> {target}", unit="msg") as bar:
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=2000)
+                for tp, messages in batch.items():
+                    for message in messages:
+                        if message.offset >= last[tp]:
+                            remaining.discard(tp)
+                            break
+                        await producer.send(target, message.value, key=message.key, partition=tp.partition)
+                        copied += 1
+                        bar.update(1)
+                    if messages and messages[-1].offset >= last[tp] - 1:
+                        remaining.discard(tp)
+        await producer.flush()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return copied
+
+
+async def _offsets(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], spec: dict[int, int] | float | None, default: dict
+) -> dict[TopicPartition, int]:
+    if spec is None:
+        return dict(default)
+    if isinstance(spec, dict):
+        return {tp: spec.get(tp.partition, default[tp]) for tp in tps}
+    found = await consumer.offsets_for_times({tp: int(spec * 1000) for tp in tps})
+    ends = await consumer.end_offsets(tps)
+    return {tp: found[tp].offset if found[tp] is not None else ends[tp] for tp in tps}

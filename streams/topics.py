@@ -23,3 +23,16 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None) -> d
         return {entry["topic"]: len(entry["partitions"]) for entry in described}
     finally:
         await admin.close()
+
+
+async def partition_count(settings: Settings, topic: str) -> int:
+    """How many partitions ``topic`` has; raises ValueError when it does not exist."""
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if not described or described[0]["error_code"] or not described[0]["partitions"]:
+        raise ValueError(f"topic {topic} does not exist")
+    return len(described[0]["partitions"])

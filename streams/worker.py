@@ -67,6 +67,8 @@ class Scored:
     step: Step
     received: float
     kafka_ts: float
+    partition: int
+    offset: int
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -100,6 +102,10 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     users = app.Table(
         "users", partitions=partitions, key_serializer="raw", value_serializer="json", use_partitioner=True
     )
+    transitions = app.topic(
+        f"{config.app_id}-transitions", key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
+    next_counts = app.Table("next-counts", partitions=partitions, key_serializer="raw", value_serializer="json")
     scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads)
     model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer")
@@ -129,7 +135,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         state, step = apply_event(users.get(key), event, message.partition, message.offset, config.policy)
         if step.applied:
             users[key] = state
-        return Scored(event, step, now, message.timestamp / 1000.0 if message.timestamp else now)
+        kafka_ts = message.timestamp / 1000.0 if message.timestamp else now
+        return Scored(event, step, now, kafka_ts, message.partition, message.offset)
 
     async def emit(item: Scored, items: list[str], scores: list[float], scored: bool, score_ms: float) -> None:
         event, step = item.event, item.step
@@ -177,6 +184,9 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         )
         for fact in event_triples(event, step):
             await triples.send(key=key, value=fact)
+        if step.previous_item is not None:
+            transition = {"head": step.previous_item, "tail": event.item_id, "p": item.partition, "o": item.offset}
+            await transitions.send(key=f"{step.previous_item}>{event.item_id}".encode(), value=orjson.dumps(transition))
         metrics.LATENCY.observe(now - item.kafka_ts)
 
     @app.agent(events)
@@ -203,6 +213,22 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             for item, (items, scores, scored) in zip(admitted, results, strict=True):
                 await emit(item, items, scores, scored, score_ms)
             metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
+
+    @app.agent(transitions)
+    async def count_transitions(stream: faust.StreamT) -> None:
+        """Global NEXT counts, one pair per key, so each count lives on one worker. A transition counts once:
+        per source partition the pair keeps the highest source offset it has counted, and a user's events
+        (hence their transitions) arrive in offset order, so a re-delivered transition is recognised."""
+        async for faust_event in stream.events():
+            transition = orjson.loads(faust_event.value)
+            key = faust_event.key
+            state = next_counts.get(key) or {"count": 0, "hw": {}}
+            source = str(transition["p"])
+            if transition["o"] > state["hw"].get(source, -1):
+                state = {"count": state["count"] + 1, "hw": {**state["hw"], source: transition["o"]}}
+                next_counts[key] = state
+            fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
+            await triples.send(key=key, value=fact.to_json())
 
     processed: dict[int, int] = {}
 

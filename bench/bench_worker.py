@@ -1,0 +1,177 @@
+"""Benchmark: one igrec worker, events/s and event -> recommendation latency, next to the raw Kafka ceiling.
+
+In one run, on the configured stack (IGREC_* settings; the local stack is started if needed):
+  1. ceiling: aiokafka produce -> consume of the same events on a fresh topic, no processing;
+  2. throughput: the worker (a subprocess, one process, its default micro-batching) fed as fast as possible;
+  3. latency: the worker fed at a fixed rate (--rate), per event the time from the producer's send to the
+     bench's receipt of its recommendation (one clock: both happen in this process).
+Events are real Diginetica test sessions replayed click by click, one user per session. Prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from deploy import stack
+from model.data import read_test_tsv
+from streams.replay import cases_to_sessions, session_events
+from streams.settings import ROOT, Settings
+from streams.topics import ensure_topics
+
+DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
+
+
+def isolated(settings: Settings) -> Settings:
+    tag = f"bench{uuid.uuid4().hex[:6]}"
+    return settings.replace(**{f"topic_{role}": f"{tag}.{role}" for role in settings.topics})
+
+
+async def produce(settings: Settings, topic: str, events: list[dict], rate: float | None) -> dict[str, float]:
+    """Send ``events`` (at ``rate`` per second, or as fast as possible); returns send time per event id."""
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=2, acks=1)
+    await producer.start()
+    sent: dict[str, float] = {}
+    began = time.perf_counter()
+    try:
+        for index, event in enumerate(events):
+            if rate:
+                delay = began + index / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sent[event["event_id"]] = time.perf_counter()
+            await producer.send(topic, orjson.dumps(event), key=event["user_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def receive(settings: Settings, topic: str, want: int, timeout: float) -> dict[str, float]:
+    """Receipt time per event id of the first ``want`` distinct records on ``topic`` after now."""
+    consumer = AIOKafkaConsumer(
+        topic, **settings.aiokafka_kwargs(), auto_offset_reset="latest", group_id=f"bench-{uuid.uuid4().hex[:6]}"
+    )
+    await consumer.start()
+    await consumer.seek_to_end()
+    got: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            now = time.perf_counter()
+            for messages in batch.values():
+                for message in messages:
+                    got.setdefault(orjson.loads(message.value)["event_id"], now)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def run_phase(
+    settings: Settings, in_topic: str, out_topic: str, events: list[dict], rate: float | None, timeout: float
+) -> tuple[float, np.ndarray]:
+    """Produce ``events`` and receive one output per event; returns (events/s, latencies in ms)."""
+    receiver = asyncio.create_task(receive(settings, out_topic, len(events), timeout))
+    await asyncio.sleep(2.0)
+    sent = await produce(settings, in_topic, events, rate)
+    got = await receiver
+    if len(got) < len(events):
+        raise RuntimeError(f"only {len(got)} of {len(events)} outputs arrived within {timeout:.0f} s")
+    first, last = min(sent.values()), max(got.values())
+    latencies = np.array([1000.0 * (got[e] - sent[e]) for e in sent])
+    return len(events) / (last - first), latencies
+
+
+def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subprocess.Popen:
+    env = (
+        os.environ
+        | {f"IGREC_TOPIC_{role.upper()}": name for role, name in settings.topics.items()}
+        | {
+            "IGREC_STATE_DIR": str(settings.state_dir),
+            "IGREC_KAFKA_PORT": str(settings.kafka_port),
+            "IGREC_NEO4J_PORT": str(settings.neo4j_port),
+        }
+    )
+    log = (workdir / "worker.log").open("wb")
+    command = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "worker",
+        "--artefact",
+        str(artefact),
+        "--app-id",
+        f"{settings.topic_events}-w",
+        "--metrics-port",
+        "0",
+        "--data-dir",
+        str(workdir / "state"),
+        "--loglevel",
+        "warning",
+    ]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def row(name: str, rate: float, latencies: np.ndarray) -> str:
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return f"{name:<44} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
+    parser.add_argument("--events", type=int, default=30_000, help="events in the throughput phases")
+    parser.add_argument("--rate", type=float, default=2_000.0, help="events/s of the latency phase")
+    parser.add_argument("--latency-events", type=int, default=10_000)
+    args = parser.parse_args()
+
+    base = Settings.load()
+    stack.up(base, log=lambda _: None)
+    settings = isolated(base)
+    asyncio.run(ensure_topics(settings))
+    sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
+    events = list(session_events(sessions, run=f"b{uuid.uuid4().hex[:6]}"))
+
+    ceiling_topic = f"{settings.topic_events}.ceiling"
+    asyncio.run(ensure_topics(settings, [ceiling_topic]))
+    ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events[: args.events], None, 120))
+
+    with tempfile.TemporaryDirectory() as workdir:
+        worker = start_worker(settings, args.artefact, Path(workdir))
+        try:
+            warm = events[-200:]
+            asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
+            flat_out = asyncio.run(
+                run_phase(
+                    settings, settings.topic_events, settings.topic_recommendations, events[: args.events], None, 600
+                )
+            )
+            paced = events[args.events : args.events + args.latency_events]
+            at_rate = asyncio.run(
+                run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600)
+            )
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+    print(f"\n{'phase':<44} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
+    print(row("aiokafka produce -> consume (ceiling)", *ceiling))
+    print(row("worker, as fast as possible", *flat_out))
+    print(row(f"worker at {args.rate:,.0f} events/s", *at_rate))
+    print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}")
+
+
+if __name__ == "__main__":
+    main()

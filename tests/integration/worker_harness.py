@@ -1,0 +1,156 @@
+"""Run `igrec worker` processes and collect their outputs, for the worker's integration tests and bench."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def isolated_settings(settings: Settings) -> Settings:
+    """The test stack's settings with a fresh set of topics, so tests never see each other's messages."""
+    tag = uuid.uuid4().hex[:8]
+    return settings.replace(
+        topic_events=f"t{tag}.events",
+        topic_recommendations=f"t{tag}.recommendations",
+        topic_enriched=f"t{tag}.enriched",
+        topic_triples=f"t{tag}.triples",
+        topic_dlq=f"t{tag}.dlq",
+        topic_triples_dlq=f"t{tag}.triples.dlq",
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {
+        f"IGREC_{name.upper()}": str(getattr(settings, name))
+        for name in (
+            "state_dir",
+            "kafka_port",
+            "kafka_controller_port",
+            "neo4j_port",
+            "topic_events",
+            "topic_recommendations",
+            "topic_enriched",
+            "topic_triples",
+            "topic_dlq",
+            "topic_triples_dlq",
+            "topic_partitions",
+        )
+    }
+    return os.environ | env
+
+
+@dataclass
+class WorkerProcess:
+    """One `igrec worker` subprocess with its own local state folder and log file."""
+
+    settings: Settings
+    artefact: Path
+    workdir: Path
+    app_id: str
+    name: str = "w1"
+    extra: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / f"{self.name}.log").open("ab")
+        command = [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "worker",
+            "--artefact",
+            str(self.artefact),
+            "--app-id",
+            self.app_id,
+            "--metrics-port",
+            "0",
+            "--data-dir",
+            str(self.workdir / self.name),
+            "--loglevel",
+            "warning",
+            *self.extra,
+        ]
+        self.process = subprocess.Popen(
+            command, env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.workdir / f"{self.name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+async def collect(
+    settings: Settings,
+    topic: str,
+    want: int,
+    timeout: float,
+    key: Callable[[dict], str] = lambda record: record["event_id"],
+    watch: list[WorkerProcess] | None = None,
+) -> dict[str, list[dict]]:
+    """Read ``topic`` from the start until ``want`` distinct ``key(record)`` were seen (or ``timeout``).
+
+    Returns every record per key, duplicates included, so callers can check re-deliveries too."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        **settings.aiokafka_kwargs(),
+        auto_offset_reset="earliest",
+        group_id=f"collect-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    seen: dict[str, list[dict]] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < want and time.monotonic() < deadline:
+            for worker in watch or []:
+                assert worker.alive() or worker.process is None, f"worker {worker.name} died:\n{worker.log_tail()}"
+            batch = await consumer.getmany(timeout_ms=1000)
+            for messages in batch.values():
+                for message in messages:
+                    record = orjson.loads(message.value)
+                    seen.setdefault(key(record), []).append(record)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
