@@ -77,3 +77,26 @@ class RankAccumulator:
         out = metrics_from_ranks(self.ranks, self.ks)
         out["cases"] = float(self.ranks.size)
         return out
+
+
+def ranks_from_top_k(top_items: np.ndarray, top_scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Pessimistic 1-based target ranks from top-K lists (what a served model emits), ``K + 1`` for a miss.
+
+    The same tie rule as :func:`target_ranks`, within the list: ``1 + #{other listed items scored >= the
+    target}``. So HR/MRR/NDCG@k for k <= K from these ranks equal :func:`target_ranks` on the full scores
+    whenever the K-th listed score is strictly above the first unlisted one.
+
+    Args:
+        top_items: int [B, K] item ids, best first (0 = an empty slot).
+        top_scores: float [B, K] their scores.
+        targets: int [B] the true next items.
+    """
+    top_items = np.asarray(top_items, dtype=np.int64)
+    top_scores = np.asarray(top_scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    k = top_items.shape[1]
+    hit = (top_items == targets[:, None]) & (top_items > 0)
+    found = hit.any(axis=1)
+    target_score = np.where(found, np.where(hit, top_scores, -np.inf).max(axis=1), np.inf)
+    others = (top_scores >= target_score[:, None]) & ~hit & (top_items > 0)
+    return np.where(found, 1 + others.sum(axis=1), k + 1).astype(np.int64)
