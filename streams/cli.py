@@ -98,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("--until", default=None, help="ISO time or epoch seconds: stop before it")
     copy.set_defaults(func=_replay_copy)
 
+    stream_eval = commands.add_parser(
+        "stream-eval",
+        help="metrics of the recommendations on Kafka, judged against the next click of each session",
+        description="Reads the recommendations and events topics, pairs the recommendation for click t of a session "
+        "with the item of click t+1, and prints HR/MRR/NDCG@10,20 computed by model.metrics (the offline tie rule).",
+    )
+    stream_eval.add_argument("--run", default=None, help="only events whose id starts with this (a replay's --run)")
+    stream_eval.add_argument("--json", default=None, help="also write the metrics here")
+    stream_eval.set_defaults(func=_stream_eval)
+    ab = commands.add_parser(
+        "ab",
+        help="A/B on recorded traffic: score the recorded events topic with two artefacts, compare, plot",
+        description="Re-scores every recorded event of the events topic with artefact A and with artefact B through "
+        "the worker's own state and scoring code, prints both metric sets and B - A, and draws them.",
+    )
+    ab.add_argument("artefact_a")
+    ab.add_argument("artefact_b")
+    ab.add_argument("--plot", default="ab.png", help="PNG to draw (default ab.png)")
+    ab.set_defaults(func=_ab)
+
     sink = commands.add_parser(
         "sink",
         help="run the Neo4j sink: igrec.kg.triples -> Neo4j (batched, idempotent)",
@@ -255,6 +275,33 @@ def _replay_copy(args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(args.settings, [args.target_topic]))
     copied = asyncio.run(copy_range(args.settings, args.source_topic, args.target_topic, start, end))
     print(f"copied {copied} messages from {args.source_topic} to {args.target_topic}")
+    return 0
+
+
+def _stream_eval(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.evaluate_stream import stream_metrics
+
+    metrics = asyncio.run(stream_metrics(args.settings, run=args.run))
+    print(json.dumps(metrics, indent=2))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(metrics, handle, indent=2)
+    return 0
+
+
+def _ab(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from streams.evaluate_stream import ab_test
+
+    result = asyncio.run(ab_test(args.settings, Path(args.artefact_a), Path(args.artefact_b), Path(args.plot)))
+    print(f"{'metric':<10} {'A':>8} {'B':>8} {'B - A':>8}")
+    for name, diff in result["B-A"].items():
+        print(f"{name:<10} {result['A'][name]:>8.2f} {result['B'][name]:>8.2f} {diff:>+8.2f}")
+    print(f"cases: {int(result['A']['cases'])}; plot: {args.plot}")
     return 0
 
 

@@ -25,3 +25,23 @@ def test_ties_count_against_the_target_and_empty_slots_never_count() -> None:
     top = np.array([[5, 7, 9, 0], [5, 7, 9, 0]])
     scores = np.array([[3.0, 2.0, 2.0, 0.0], [3.0, 2.0, 2.0, 0.0]])
     assert ranks_from_top_k(top, scores, np.array([9, 0 + 4])).tolist() == [3, 5]
+
+
+def test_join_pairs_each_recommendation_with_the_next_click_of_its_session() -> None:
+    from streams.evaluate_stream import case_metrics, join_cases
+
+    events = [{"event_id": f"e{i}", "item_id": item} for i, item in enumerate(["a", "b", "c", "x", "y"])]
+    recs = [
+        {"event_id": "e0", "session_id": "s1", "position": 0, "items": ["b", "z"], "scores": [2.0, 1.0]},
+        {"event_id": "e1", "session_id": "s1", "position": 1, "items": ["z", "c"], "scores": [2.0, 1.0]},
+        {"event_id": "e1", "session_id": "s1", "position": 1, "items": ["z", "c"], "scores": [2.0, 1.0]},
+        {"event_id": "e2", "session_id": "s1", "position": 2, "items": ["a"], "scores": [1.0]},
+        {"event_id": "e3", "session_id": "s2", "position": 0, "items": ["q"], "scores": [1.0]},
+        {"event_id": "e4", "session_id": "s2", "position": 1, "items": ["x"], "scores": [1.0]},
+    ]
+    cases = join_cases(events, recs)
+    assert [(c.event_id, c.target) for c in cases] == [("e0", "b"), ("e1", "c"), ("e3", "y")]
+    metrics = case_metrics(cases)
+    assert metrics["cases"] == 3
+    assert metrics["HR@20"] == 100 * 2 / 3
+    assert abs(metrics["MRR@20"] - 100 * (1 + 1 / 2) / 3) < 1e-9
