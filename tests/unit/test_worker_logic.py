@@ -1,0 +1,54 @@
+"""The worker's pure pieces: batch scoring around unknown items, the triples of an event, partitioning."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from streams.records import Event
+from streams.state import Step
+from streams.worker import event_triples, partition_of, score_batch
+
+
+class FakeScorer:
+    """Knows items "1".."9"; recommends the session's items reversed, scored by position."""
+
+    def index_of(self, ids):
+        return np.array([int(i) if i.isdigit() and 0 < int(i) < 10 else 0 for i in ids], dtype=np.int64)
+
+    def external_ids(self, indices):
+        return [str(i) for i in indices]
+
+    def recommend_sessions(self, sessions, histories=None):
+        self.calls = (sessions, histories)
+        top = np.array([[*reversed(s), 0, 0][:2] for s in sessions])
+        return top, np.tile(np.array([2.0, 1.0], dtype=np.float32), (len(sessions), 1))
+
+
+def step(current, history=(), found=True, position=0, previous=None) -> Step:
+    return Step(True, found, position == 0, "s", position, list(current), [list(h) for h in history], previous)
+
+
+def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored() -> None:
+    scorer = FakeScorer()
+    results = score_batch(scorer, [step(["1", "x", "2"], [["3", "y"]]), step(["x"]), step([], found=False)])
+    assert results[0] == (["2", "1"], [2.0, 1.0], True)
+    assert results[1] == ([], [], False) and results[2] == ([], [], False)
+    assert scorer.calls == ([[1, 2]], [[[3]]]), "one batched call with only known items"
+
+
+def test_event_triples_are_absolute_and_mark_new_sessions() -> None:
+    event = Event(schema_version=1, event_id="e", user_id="u", item_id="7", ts=1.7e9)
+    first = [orjson.loads(t) for t in event_triples(event, step(["7"], position=0))]
+    assert [t["rel"] for t in first] == ["CLICKED", "HAD"]
+    assert first[0]["props"] == {"pos": 0, "ts": 1.7e9}
+    later = [orjson.loads(t) for t in event_triples(event, step(["1", "7"], position=1, previous="1"))]
+    assert [t["rel"] for t in later] == ["CLICKED"]
+    assert event_triples(event, step([], found=False)) == []
+
+
+def test_partition_of_matches_the_java_client() -> None:
+    """Vectors computed with kafka-clients 4.1.1 itself (``Utils.toPositive(Utils.murmur2(key)) % n`` in jshell)."""
+    assert partition_of(b"user-1", 4) == 0
+    assert partition_of(b"foobar", 100) == 66
+    assert partition_of(b"a-little-bit-long-string", 7) == 1
