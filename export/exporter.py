@@ -1,0 +1,179 @@
+"""Checkpoint -> verified artefact folder (``igrec export``). Needs torch.
+
+Steps: load the checkpoint (``weights_only=True``) and rebuild the network; export ONNX on the CPU; write
+the vocabulary and the card into ``<out>.partial``; load it back with the :class:`~export.scorer.Scorer`
+(checksums and all) and check parity against PyTorch on the test split; only a passing artefact is moved
+to ``<out>``. A failing one stays in ``<out>.partial`` for inspection and :class:`ParityError` is raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.artefact import CARD_FILE, FORMAT, FORMAT_VERSION, ITEMS_FILE, MODEL_FILE, checksums, write_items
+from export.onnx_export import export_onnx
+from export.parity import ParityError, ParityReport, check_parity, sample_cases
+from export.scorer import Scorer
+from model.data import Cases, SessionSplit
+from model.graphs import build_history_graphs
+
+REPO = Path(__file__).resolve().parent.parent
+HISTORY_MAX_LEN = int(inspect.signature(build_history_graphs).parameters["max_len"].default)
+
+
+@dataclass
+class ExportOptions:
+    """What ``igrec export`` was asked for (see :func:`add_export_arguments`)."""
+
+    checkpoint: str
+    out: str
+    k: int = 20
+    opset: int = 18
+    parity_cases: int | None = 5000
+    data: str | None = None
+    raw_format: str | None = None
+    batch_size: int = 256
+    exporter: str = "torchscript"
+    threads: int | None = None
+    force: bool = False
+
+
+def load_network(checkpoint: str | Path) -> tuple[nn.Module, dict]:
+    """(eval-mode CPU network, the checkpoint dict without weights) from a ``best.pt`` / ``checkpoint.pt``."""
+    from model.network import ModelConfig, build_network
+
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{checkpoint}: not an igrec checkpoint (expected keys 'model' and 'config')")
+    net = build_network(ModelConfig.from_dict(state["config"]))
+    net.load_state_dict(state["model"])
+    return net.eval(), {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
+
+
+def git_commit(repo: Path = REPO) -> dict:
+    """HEAD commit and whether the code defining the model (model/, export/) differs from it."""
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = run("rev-parse", "HEAD")
+    dirty = run("status", "--porcelain", "--", "model", "export")
+    return {"commit": commit or None, "model_code_modified": bool(dirty) if commit else None}
+
+
+def item_vocabulary(state: dict, split: SessionSplit | None, n_items: int) -> tuple[list[str], str]:
+    """External ids of items 1..n_items and where they came from: the checkpoint's ``item_vocab``, the raw
+    log's vocabulary, or (split datasets, already numbered) ``str(i)``."""
+    for vocab, source in ((state.get("item_vocab"), "checkpoint"), (split and split.item_vocab, "raw log")):
+        if vocab:
+            if len(vocab) != n_items:
+                raise ValueError(f"{source} vocabulary has {len(vocab)} items, the model {n_items}")
+            return [str(v) for v in vocab], source
+    return [str(i) for i in range(1, n_items + 1)], "index"
+
+
+def run_results(checkpoint: Path) -> dict:
+    """results.json of the training run next to the checkpoint, or {} when there is none."""
+    path = checkpoint.parent / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def synthetic_cases(n_items: int, n: int, seed: int = 0) -> Cases:
+    """Random prefixes (length 1..20) when no test split is available; labelled ``synthetic`` in the card."""
+    rng = np.random.default_rng(seed)
+    length = rng.integers(1, 21, n)
+    flat = rng.integers(1, n_items + 1, int(length.sum()))
+    start = np.concatenate([[0], np.cumsum(length)[:-1]])
+    return Cases(flat, start, length, rng.integers(1, n_items + 1, n))
+
+
+def make_card(opts: ExportOptions, state: dict, results: dict, onnx_block: dict, n_items: int,
+              vocab_source: str, split: SessionSplit | None, folder: Path) -> dict:
+    """The model card (without parity; :func:`build_artefact` adds it after the check)."""
+    train = state.get("train", {})
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git": git_commit(),
+        "checkpoint": {"path": str(Path(opts.checkpoint).resolve()),
+                       "best_epoch": results.get("best_epoch", state.get("epoch"))},
+        "dataset": {"name": results.get("dataset") or (split.name if split else None),
+                    "data": opts.data or train.get("data"), "n_items": n_items, "vocabulary": vocab_source},
+        "metrics": {"test": results.get("test")} if results.get("test") else {},
+        "model": state["config"],
+        "train": train,
+        "k": opts.k,
+        "n_items": n_items,
+        "scores": "log-probabilities of the next item, float32",
+        "graphs": {"max_len": int(train.get("max_len", state["config"].get("max_len", 50))),
+                   "binary": bool(train.get("binary_adj", False)),
+                   "history_max_len": HISTORY_MAX_LEN},
+        "onnx": onnx_block,
+        "files": checksums(folder),
+    }
+
+
+def write_card(folder: Path, card: dict) -> None:
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def load_split(data: str | None, raw_format: str | None) -> SessionSplit | None:
+    if not data:
+        return None
+    from model.train import load_dataset
+
+    return load_dataset(data, raw_format)
+
+
+def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
+    """Export, verify and (on parity) publish the artefact; see the module docstring."""
+    checkpoint = Path(opts.checkpoint)
+    out = Path(opts.out)
+    if out.exists() and not opts.force:
+        raise FileExistsError(f"{out} exists (use --force to replace it)")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    net, state = load_network(checkpoint)
+    results = run_results(checkpoint)
+    opts.data = opts.data or state.get("train", {}).get("data")
+    opts.raw_format = opts.raw_format or state.get("train", {}).get("raw_format")
+    split = load_split(opts.data, opts.raw_format) if opts.data and Path(opts.data).exists() else None
+    n_items = int(net.config.n_items)
+    if split is not None and split.n_items > n_items:
+        raise ValueError(f"{opts.data} has items up to {split.n_items}, the model only {n_items}")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    onnx_block = export_onnx(net, staging / MODEL_FILE, opts.k, opts.opset, opts.exporter)
+    vocab, vocab_source = item_vocabulary(state, split, n_items)
+    write_items(staging / ITEMS_FILE, vocab)
+    card = make_card(opts, state, results, onnx_block, n_items, vocab_source, split, staging)
+    write_card(staging, card)
+
+    scorer = Scorer(staging, providers="cpu", threads=opts.threads)
+    cases, source = ((sample_cases(split.test, opts.parity_cases), "test") if split is not None
+                     else (synthetic_cases(n_items, opts.parity_cases or 5000), "synthetic"))
+    report = check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,
+                          max_len=card["graphs"]["max_len"], binary=card["graphs"]["binary"])
+    card["parity"] = report.to_dict()
+    write_card(staging, card)
+    if not report.passed:
+        raise ParityError(f"{report.summary()}\nthe artefact was NOT published; inspect {staging}")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out, report

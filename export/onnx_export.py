@@ -1,0 +1,155 @@
+"""PyTorch network -> ONNX (opset 18): dynamic batch and graph sizes, top-K inside the graph. Needs torch.
+
+The graph takes the numpy session-graph arrays of :mod:`model.graphs` and returns
+``top_items int64 [B, K]`` and ``top_scores float32 [B, K]`` (log-probabilities, best first), so the worker
+never moves a ``[B, n_items]`` tensor. Constant tables (item embeddings, the global-graph neighbour
+tables) are initializers inside the graph, not inputs.
+
+Exporters: ``torchscript`` (the default: fast, needs nothing beyond torch; deprecated upstream since torch
+2.9 but present in 2.15) or ``dynamo`` (``torch.export``; needs the ``onnxscript`` package). Both run on the
+CPU: the network's GRU (GRU4Rec) and the hand-written GGNN gates export differently under CUDA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.artefact import FORMAT_VERSION
+from model.graphs import build_history_graphs, build_session_graphs
+
+SESSION_INPUTS = ("items", "alias", "adj", "mask")
+HISTORY_INPUTS = ("hist_items", "hist_adj")
+OUTPUTS = ("top_items", "top_scores")
+DIMS = {"items": ("batch", "nodes"), "alias": ("batch", "clicks"), "adj": ("batch", "nodes", "nodes_x2"),
+        "mask": ("batch", "clicks"), "hist_items": ("batch", "hist_nodes"),
+        "hist_adj": ("batch", "hist_nodes", "hist_nodes_x2")}
+DTYPES = {"items": "int64", "alias": "int64", "adj": "float", "mask": "float", "hist_items": "int64",
+          "hist_adj": "float", "top_items": "int64", "top_scores": "float"}
+EXPORTERS = ("torchscript", "dynamo")
+
+
+class TopKScorer(nn.Module):
+    """``net`` followed by ``torch.topk``: the module that is exported.
+
+    forward(items [B,N], alias [B,L], adj [B,N,2N], mask [B,L], hist_items [B,H], hist_adj [B,H,2H])
+    -> (top_items int64 [B, K], top_scores float32 [B, K]); the history inputs exist only when the network
+    uses history (see :func:`input_names`).
+    """
+
+    def __init__(self, net: nn.Module, k: int, history: bool):
+        super().__init__()
+        self.net = net
+        self.k = k
+        self.history = history
+
+    def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None):
+        if self.history:
+            logp = self.net(items, alias, adj, mask, hist_items, hist_adj)
+        else:
+            logp = self.net(items, alias, adj, mask)
+        top_scores, top_items = torch.topk(logp, self.k, dim=-1)
+        return top_items, top_scores
+
+
+def uses_history(net: nn.Module) -> bool:
+    """Whether the network reads the historical-graph inputs (IGRec with ``use_history``)."""
+    cfg = net.config
+    return cfg.arch == "igrec" and bool(getattr(cfg, "use_history", False))
+
+
+def input_names(net: nn.Module) -> list[str]:
+    """The ONNX inputs of ``net``: the session graph, plus the history graph when the network uses it."""
+    return [*SESSION_INPUTS, *(HISTORY_INPUTS if uses_history(net) else ())]
+
+
+def example_inputs(n_items: int, names: list[str]) -> tuple[torch.Tensor, ...]:
+    """A small traced example with every dynamic dimension >= 2 (size 1 would be specialised by
+    ``torch.export``), built by the same numpy graph code the runtime uses."""
+    rng = np.random.default_rng(0)
+    top = max(2, min(n_items, 50))
+    sessions = [rng.integers(1, top + 1, size=n).tolist() for n in (5, 3, 2)]
+    history = [[rng.integers(1, top + 1, size=4).tolist(), [1, 2]], [], [[2, 1, 2]]]
+    g = build_session_graphs(sessions)
+    h = build_history_graphs(history)
+    arrays = {"items": g.items, "alias": g.alias, "adj": g.adj, "mask": g.mask, "hist_items": h.items,
+              "hist_adj": h.adj}
+    return tuple(torch.from_numpy(arrays[n]) for n in names)
+
+
+def export_onnx(net: nn.Module, path: str | Path, k: int = 20, opset: int = 18,
+                exporter: str = "torchscript") -> dict:
+    """Export ``net`` (moved to CPU, eval mode) with top-``k`` to ``path``; returns the card's ``onnx`` block.
+
+    The file is a single protobuf (weights inside) with metadata_props that the Scorer cross-checks against
+    the card (format version, k, n_items, opset).
+    """
+    import onnx
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter {exporter!r}: expected one of {EXPORTERS}")
+    n_items = int(net.config.n_items)
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k={k} must be in 1..n_items={n_items}")
+    net = net.cpu().eval()
+    names = input_names(net)
+    module = TopKScorer(net, k, uses_history(net)).eval()
+    example = example_inputs(n_items, names)
+    path = Path(path)
+    with torch.no_grad():
+        if exporter == "torchscript":
+            _export_torchscript(module, example, names, path, opset)
+        else:
+            _export_dynamo(module, example, names, path, opset)
+    model = onnx.load(str(path))
+    meta = {"igrec.format_version": FORMAT_VERSION, "igrec.k": k, "igrec.n_items": n_items, "igrec.opset": opset}
+    onnx.helper.set_model_props(model, {key: str(value) for key, value in meta.items()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return describe(model, opset, exporter)
+
+
+def _export_torchscript(module: nn.Module, example: tuple, names: list[str], path: Path, opset: int) -> None:
+    import warnings
+
+    axes = {n: dict(enumerate(DIMS[n])) for n in names} | {o: {0: "batch"} for o in OUTPUTS}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*Removing mutation.*")
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset, input_names=names,
+                          output_names=list(OUTPUTS), dynamic_axes=axes, do_constant_folding=True)
+
+
+def _export_dynamo(module: nn.Module, example: tuple, names: list[str], path: Path, opset: int) -> None:
+    dim = torch.export.Dim
+    batch, nodes, clicks = dim("batch", min=1), dim("nodes", min=1), dim("clicks", min=1)
+    hist = dim("hist_nodes", min=1)
+    shapes = {"items": {0: batch, 1: nodes}, "alias": {0: batch, 1: clicks}, "adj": {0: batch, 1: nodes, 2: 2 * nodes},
+              "mask": {0: batch, 1: clicks}, "hist_items": {0: batch, 1: hist},
+              "hist_adj": {0: batch, 1: hist, 2: 2 * hist}}
+    program = torch.onnx.export(module, example, dynamo=True, opset_version=opset, input_names=names,
+                                output_names=list(OUTPUTS), dynamic_shapes=tuple(shapes[n] for n in names),
+                                verbose=False)
+    program.save(str(path), external_data=False)
+
+
+def describe(model, opset: int, exporter: str) -> dict:
+    """The card's ``onnx`` block: opset, exporter, versions, and every input/output's name, dtype and shape
+    (symbolic dims by name, fixed ones as ints)."""
+    import onnx
+
+    def io(values) -> list[dict]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+            shape = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": "float" if dtype == "float32" else dtype, "shape": shape})
+        return out
+
+    return {"opset": opset, "ir_version": int(model.ir_version), "exporter": exporter,
+            "torch": torch.__version__, "onnx": onnx.__version__, "inputs": io(model.graph.input),
+            "outputs": io(model.graph.output)}

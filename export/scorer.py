@@ -1,0 +1,285 @@
+"""The online scorer: an igrec artefact served by onnxruntime (numpy + onnxruntime + stdlib; never torch).
+
+``Scorer(folder)`` verifies the artefact (card, checksums, ONNX metadata and IO signature against the card),
+picks execution providers (TensorRT or CUDA where a GPU is usable, else CPU; or an explicit override),
+and scores batches of the numpy session graphs built by :mod:`model.graphs`, the same code training uses.
+The ONNX graph computes the top-K inside, so a batch returns ``[B, K]`` arrays, never ``[B, n_items]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.artefact import (
+    ITEMS_FILE,
+    METADATA_KEYS,
+    MODEL_FILE,
+    ArtefactError,
+    read_card,
+    read_items,
+    verify_card,
+)
+from model.graphs import SessionGraphs, build_history_graphs, build_session_graphs
+
+__all__ = ["ArtefactError", "Scorer", "resolve_providers"]
+
+log = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
+ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+FP16_KEEP_FLOAT32 = ["LogSoftmax", "Softmax", "Exp", "Log", "ReduceSum", "ReduceMax", "ReduceL2", "Div",
+                     "TopK", "ScatterElements", "Where", "Sigmoid", "Clip", "Range", "Max", "Sub", "Neg"]
+"""Ops kept in float32 when fp16 is converted for the CUDA provider: the softmax/log-sum-exp tail and the
+masks (NEG = -1e9 does not exist in fp16); the matmuls (the [B, D] x [D, n_items] scoring above all) go fp16."""
+
+
+def _gpu_present() -> bool:
+    """Whether an NVIDIA device node exists; avoids onnxruntime's CUDA load errors on CPU-only hosts."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
+    """Execution providers to request, best first, always ending with the CPU provider.
+
+    ``"auto"``: TensorRT then CUDA when this onnxruntime build has them and a GPU device exists, else CPU.
+    Otherwise a name (``"cpu"``, ``"cuda"``, ``"tensorrt"`` or an onnxruntime provider name) or a list of
+    them; a requested provider missing from this build is a :class:`ValueError`.
+    """
+    available = ort.get_available_providers()
+    if isinstance(providers, str) and providers == "auto":
+        gpu = [p for p in GPU_PROVIDERS if p in available] if _gpu_present() else []
+        return [*gpu, CPU]
+    names = [providers] if isinstance(providers, str) else list(providers)
+    if not names:
+        raise ValueError("empty provider list")
+    wanted = [ALIASES.get(n.lower(), n) for n in names]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ValueError(f"providers {missing} are not in this onnxruntime build (available: {available})")
+    if TENSORRT in wanted and CUDA not in wanted:
+        wanted.insert(wanted.index(TENSORRT) + 1, CUDA)
+    return [*wanted, CPU] if CPU not in wanted else wanted
+
+
+class Scorer:
+    """Top-K next-item scoring with an exported artefact.
+
+    Attributes:
+        card: the model card (card.json).
+        k: top-K baked into the graph.
+        n_items: largest item index (indices 1..n_items are items, 0 is padding).
+        providers: the execution providers the session really uses, best first.
+        uses_history: whether the model has the historical-graph inputs.
+    """
+
+    def __init__(self, artefact: str | Path, providers: str | list[str] = "auto", threads: int | None = None,
+                 fp16: bool = False, *, max_batch: int = 256, spin: bool = True,
+                 trt_cache: str | Path | None = None):
+        """Load and verify ``artefact``; raise :class:`ArtefactError` if it is corrupted or incompatible.
+
+        Args:
+            providers: ``"auto"``, a provider name/alias or a list (see :func:`resolve_providers`). An explicit
+                GPU request that onnxruntime cannot honour is an error, never a silent CPU fallback.
+            threads: intra-op threads for the CPU provider (None: onnxruntime's default, one per core).
+            fp16: half precision on GPU (TensorRT: builder flag; CUDA: the graph converted with the softmax tail
+                kept in float32). Ignored with a warning on CPU.
+            max_batch: largest batch of the TensorRT optimisation profile.
+            spin: let idle CPU threads spin between runs (lower latency, but burns the cores the worker
+                shares; turn off when the worker's other work is CPU-bound).
+            trt_cache: TensorRT engine cache folder (default ``~/.cache/igrec/trt/<model sha256 prefix>``).
+        """
+        self.path = Path(artefact)
+        if not self.path.is_dir():
+            raise ArtefactError(f"{self.path}: not a folder")
+        self.card = read_card(self.path)
+        verify_card(self.card, self.path)
+        self.k = int(self.card["k"])
+        self.n_items = int(self.card["n_items"])
+        ids = read_items(self.path / ITEMS_FILE)
+        if len(ids) != self.n_items + 1:
+            raise ArtefactError(f"{self.path / ITEMS_FILE}: {len(ids) - 1} items, the card says {self.n_items}")
+        self._ids = np.asarray(ids, dtype=str)
+        self._index = {ext: i for i, ext in enumerate(ids) if i}
+        self._graphs = self.card["graphs"]
+        requested = resolve_providers(providers)
+        self._session = self._open(requested, threads, fp16, max_batch, spin, trt_cache)
+        self.providers = self._session.get_providers()
+        self._check_fallback(providers, requested)
+        self._check_model()
+        self._input_names = [i.name for i in self._session.get_inputs()]
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self.uses_history = "hist_items" in self._input_names
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
+
+    def _open(self, requested: list[str], threads: int | None, fp16: bool, max_batch: int, spin: bool,
+              trt_cache: str | Path | None) -> ort.InferenceSession:
+        """The onnxruntime session with its options (threads, spinning) and per-provider options."""
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        gpu = requested[0] in GPU_PROVIDERS
+        if fp16 and not gpu:
+            log.warning("fp16 requested but no GPU provider (%s): scoring in float32", requested[0])
+        model: str | bytes = str(self.path / MODEL_FILE)
+        if fp16 and requested[0] == CUDA:
+            model = _fp16_model(self.path / MODEL_FILE)
+        provider_list = [(p, self._provider_options(p, fp16, max_batch, trt_cache)) for p in requested]
+        try:
+            return ort.InferenceSession(model, opts, providers=provider_list)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ArtefactError(f"{self.path / MODEL_FILE}: onnxruntime cannot load it: {exc}") from exc
+
+    def _provider_options(self, provider: str, fp16: bool, max_batch: int, trt_cache: str | Path | None) -> dict:
+        """Options of one provider. TensorRT gets an optimisation profile covering batch 1..max_batch and
+        graphs up to the card's max_len, and an engine cache (engine builds take minutes)."""
+        if provider == CUDA:
+            return {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}
+        if provider != TENSORRT:
+            return {}
+        cache = Path(trt_cache) if trt_cache else (Path.home() / ".cache" / "igrec" / "trt"
+                                                   / self.card["files"][MODEL_FILE][:16])
+        cache.mkdir(parents=True, exist_ok=True)
+        n, h = int(self._graphs["max_len"]), int(self._graphs["history_max_len"])
+        dims = {"items": ("B", "N"), "alias": ("B", "N"), "adj": ("B", "N", "2N"), "mask": ("B", "N"),
+                "hist_items": ("B", "H"), "hist_adj": ("B", "H", "2H")}
+        names = [i["name"] for i in self.card["onnx"]["inputs"]]
+
+        def profile(b: int, nn: int, hh: int) -> str:
+            size = {"B": b, "N": nn, "2N": 2 * nn, "H": hh, "2H": 2 * hh}
+            return ",".join(f"{x}:" + "x".join(str(size[d]) for d in dims[x]) for x in names if x in dims)
+
+        return {"device_id": 0, "trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache), "trt_profile_min_shapes": profile(1, 1, 1),
+                "trt_profile_opt_shapes": profile(max(1, max_batch // 4), max(1, n // 2), max(1, h // 2)),
+                "trt_profile_max_shapes": profile(max_batch, n, h)}
+
+    def _check_fallback(self, asked: str | list[str], requested: list[str]) -> None:
+        """An explicit provider request that onnxruntime silently dropped is an error; auto just logs."""
+        if self.providers[0] == requested[0]:
+            return
+        if isinstance(asked, str) and asked == "auto":
+            log.warning("%s could not be initialised; scoring with %s", requested[0], self.providers[0])
+            return
+        raise RuntimeError(f"requested {requested[0]} but onnxruntime initialised {self.providers} "
+                           "(GPU driver, CUDA/cuDNN or TensorRT libraries missing?)")
+
+    def _check_model(self) -> None:
+        """The ONNX model must be the one the card describes: metadata and IO signature."""
+        where = self.path / MODEL_FILE
+        meta = self._session.get_modelmeta().custom_metadata_map
+        expected = {"igrec.format_version": self.card["format_version"], "igrec.k": self.k,
+                    "igrec.n_items": self.n_items, "igrec.opset": self.card["onnx"]["opset"]}
+        for key in METADATA_KEYS:
+            if meta.get(key) != str(expected[key]):
+                raise ArtefactError(f"{where}: metadata {key}={meta.get(key)!r} but the card says {expected[key]!r}")
+        for kind, actual in (("inputs", self._session.get_inputs()), ("outputs", self._session.get_outputs())):
+            declared = [(d["name"], d["dtype"]) for d in self.card["onnx"][kind]]
+            got = [(a.name, a.type.removeprefix("tensor(").removesuffix(")")) for a in actual]
+            if got != declared:
+                raise ArtefactError(f"{where}: {kind} {got} differ from the card's {declared}")
+        for out in self._session.get_outputs():
+            if out.shape[-1] != self.k:
+                raise ArtefactError(f"{where}: output {out.name} has K={out.shape[-1]}, the card says {self.k}")
+
+    def index_of(self, external_ids: Sequence[str]) -> np.ndarray:
+        """int64 ``[len(external_ids)]`` item indices; 0 (padding) for ids the model has never seen."""
+        get = self._index.get
+        return np.fromiter((get(str(e), 0) for e in external_ids), dtype=np.int64, count=len(external_ids))
+
+    def external_ids(self, indices: np.ndarray) -> np.ndarray:
+        """External ids (numpy str array, same shape as ``indices``); index 0 maps to ``""``."""
+        return self._ids[np.asarray(indices, dtype=np.int64)]
+
+    def recommend(self, graphs: SessionGraphs, history: SessionGraphs | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K of a batch of session graphs.
+
+        Args:
+            graphs: current sessions, ``items [B, N]``, ``alias [B, L]``, ``adj [B, N, 2N]``, ``mask [B, L]``
+                (:func:`model.graphs.build_session_graphs`), item indices in 0..n_items.
+            history: the users' historical graphs (:func:`model.graphs.build_history_graphs`), ``B`` rows, or
+                None (no history). Ignored by a model without history inputs.
+
+        Returns:
+            item indices int64 ``[B, K]`` and their log-probabilities float32 ``[B, K]``, best first.
+        """
+        b = graphs.batch_size
+        if b == 0:
+            return np.zeros((0, self.k), np.int64), np.zeros((0, self.k), np.float32)
+        feeds = self._feeds(graphs, history)
+        if self.on_gpu:
+            return self._run_bound(feeds)
+        top_items, top_scores = self._session.run(self._output_names, feeds)
+        return top_items, top_scores
+
+    def recommend_sessions(self, sessions: Sequence[Sequence[int]],
+                           histories: Sequence[Sequence[Sequence[int]]] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K of raw click sequences (item indices), graphs built exactly as in training (the card's
+        ``max_len`` and edge weighting); ``histories``: per session, the user's earlier sessions."""
+        binary = bool(self._graphs.get("binary", False))
+        graphs = build_session_graphs(sessions, self._graphs["max_len"], binary=binary)
+        history = None
+        if histories is not None and self.uses_history:
+            history = build_history_graphs(histories, self._graphs["history_max_len"], binary=binary)
+        return self.recommend(graphs, history)
+
+    def _feeds(self, graphs: SessionGraphs, history: SessionGraphs | None) -> dict[str, np.ndarray]:
+        """Input name -> contiguous array of the dtype the graph declares; validates item index ranges."""
+        b = graphs.batch_size
+        arrays = {"items": graphs.items, "alias": graphs.alias, "adj": graphs.adj, "mask": graphs.mask}
+        if self.uses_history:
+            if history is None:
+                arrays["hist_items"] = np.zeros((b, 1), np.int64)
+                arrays["hist_adj"] = np.zeros((b, 1, 2), np.float32)
+            elif history.batch_size != b:
+                raise ValueError(f"history has {history.batch_size} rows, graphs have {b}")
+            else:
+                arrays["hist_items"], arrays["hist_adj"] = history.items, history.adj
+        for name in ("items", "hist_items"):
+            if name in arrays and arrays[name].size:
+                lo, hi = int(arrays[name].min()), int(arrays[name].max())
+                if lo < 0 or hi > self.n_items:
+                    raise ValueError(f"{name} has item indices in [{lo}, {hi}], outside 0..{self.n_items} "
+                                     "(map external ids with index_of first)")
+        dtypes = {"items": np.int64, "alias": np.int64, "hist_items": np.int64}
+        return {name: np.ascontiguousarray(arrays[name], dtype=dtypes.get(name, np.float32))
+                for name in self._input_names}
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """GPU run through IO binding: inputs copied once to the device, outputs allocated there and
+        copied back once ([B, K], small), no intermediate host buffers."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", 0)
+        self._session.run_with_iobinding(binding)
+        top_items, top_scores = binding.copy_outputs_to_cpu()
+        return top_items, top_scores
+
+    def __repr__(self) -> str:
+        return (f"Scorer({str(self.path)!r}, k={self.k}, n_items={self.n_items}, providers={self.providers}, "
+                f"history={self.uses_history})")
+
+
+def _fp16_model(path: Path) -> bytes:
+    """The model with float16 weights and matmuls for the CUDA provider; inputs/outputs stay as declared."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, op_block_list=FP16_KEEP_FLOAT32)
+    return model.SerializeToString()
+
