@@ -164,7 +164,7 @@ def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
     card = make_card(opts, state, results, onnx_block, n_items, vocab_source, split, staging)
     write_card(staging, card)
 
-    scorer = Scorer(staging, providers="cpu", threads=opts.threads)
+    scorer = Scorer(staging, providers="cpu", threads=opts.threads, spin=False)
     cases, source = ((sample_cases(split.test, opts.parity_cases), "test") if split is not None
                      else (synthetic_cases(n_items, opts.parity_cases or 5000), "synthetic"))
     report = check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,

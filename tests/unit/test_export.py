@@ -1,0 +1,174 @@
+"""igrec export: checkpoint -> artefact, parity with PyTorch on a test split, dynamic sizes, loud failures.
+
+Small seeded random-weight networks (a few hundred items) stand in for trained checkpoints: parity is a
+property of the export, not of the weights.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from export.artefact import CARD_FILE, ITEMS_FILE, MODEL_FILE, read_items, sha256_file  # noqa: E402
+from export.cli import main as export_main  # noqa: E402
+from export.exporter import ExportOptions, build_artefact  # noqa: E402
+from export.parity import ParityError, torch_log_probs  # noqa: E402
+from export.scorer import Scorer  # noqa: E402
+from model.data import read_split  # noqa: E402
+from model.graphs import build_history_graphs, build_session_graphs  # noqa: E402
+from model.network import ModelConfig, build_network  # noqa: E402
+
+N_ITEMS = 300
+
+
+def _split(folder, n_items=N_ITEMS, seed=0):
+    """A split folder in the shared text format: random sessions, every prefix of the last 30 as test."""
+    rng = np.random.default_rng(seed)
+    sessions = [rng.integers(1, n_items + 1, rng.integers(2, 25)).tolist() for _ in range(110)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train_sessions.txt").write_text("\n".join(" ".join(map(str, s)) for s in sessions[:80]) + "\n")
+    lines = [f"{' '.join(map(str, s[:i]))}\t{s[i]}" for s in sessions[80:] for i in range(1, len(s))]
+    (folder / "test.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _checkpoint(path, config, seed=0, **extra):
+    """A checkpoint in the training format (``model`` state dict + ``config`` dict) with seeded weights and,
+    for IGRec, a random global graph (so the neighbour-table initializers are exercised).
+
+    The item embeddings are scaled up: at their init scale the scores of an untrained network are nearly
+    uniform, and pairs closer than float32 noise swap places in a top-K, which parity would count against
+    the export although both sides are right. Trained networks have peaked scores, like the scaled ones.
+    """
+    torch.manual_seed(seed)
+    net = build_network(config).eval()
+    with torch.no_grad():
+        net.item_encoder.table().mul_(4.0)
+    if getattr(net, "global_neighbors", None) is not None:
+        gen = torch.Generator().manual_seed(seed)
+        net.global_neighbors.copy_(torch.randint(0, config.n_items + 1, net.global_neighbors.shape, generator=gen))
+        net.global_weights.copy_(torch.rand(net.global_weights.shape, generator=gen) * 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "config": config.to_dict(), "train": {"max_len": 50}, **extra}, path)
+    return net
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(network, artefact folder, split folder): IGRec with every option on, exported through the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    data = _split(root / "split")
+    config = ModelConfig(n_items=N_ITEMS, dim=24, interests=3, steps=2)
+    net = _checkpoint(root / "run" / "best.pt", config)
+    (root / "run" / "results.json").write_text(json.dumps({"dataset": "toy", "test": {"HR@20": 1.5}}))
+    export_main(["export", str(root / "run" / "best.pt"), "--out", str(root / "art"), "--data", str(data),
+                 "--parity-cases", "0", "--batch-size", "64"])
+    return net, root / "art", data
+
+
+def test_artefact_has_model_vocabulary_and_card_with_checksums(exported):
+    _, art, _ = exported
+    card = json.loads((art / CARD_FILE).read_text())
+    assert card["format"] == "igrec-onnx-artefact" and card["format_version"] == 1
+    assert card["k"] == 20 and card["n_items"] == N_ITEMS and card["onnx"]["opset"] == 18
+    assert card["files"] == {ITEMS_FILE: sha256_file(art / ITEMS_FILE), MODEL_FILE: sha256_file(art / MODEL_FILE)}
+    assert card["dataset"]["name"] == "toy" and card["metrics"]["test"]["HR@20"] == 1.5
+    assert card["model"]["steps"] == 2 and len(card["git"]["commit"] or "x" * 40) == 40
+    assert [i["name"] for i in card["onnx"]["inputs"]] == ["items", "alias", "adj", "mask", "hist_items", "hist_adj"]
+    assert card["onnx"]["outputs"][0]["shape"] == ["batch", 20]
+    assert read_items(art / ITEMS_FILE)[1:4] == ["1", "2", "3"]
+    assert not (art.parent / "art.partial").exists()
+    assert card["parity"]["passed"] and card["parity"]["source"] == "test"
+
+
+def test_parity_on_the_test_split(exported):
+    """The export command's own check covered every test prefix, with and without history."""
+    _, art, data = exported
+    parity = json.loads((art / CARD_FILE).read_text())["parity"]
+    assert parity["cases"] == len(read_split(data).test) > 300
+    assert parity["identical"] == 1.0 and parity["max_score_diff"] <= 1e-4, parity
+    assert parity["max_item_score_diff"] <= 1e-4
+    assert 0 < parity["with_history"] < parity["cases"]
+
+
+@pytest.mark.parametrize("batch,length", [(1, 1), (5, 50), (70, 37)])
+def test_dynamic_batch_and_graph_sizes(exported, batch, length):
+    """B, N, L and H unlike the 3-session example the graph was traced with; top-K shapes, order, parity."""
+    net, art, _ = exported
+    scorer = Scorer(art, providers="cpu")
+    rng = np.random.default_rng(batch)
+    sessions = [rng.integers(1, N_ITEMS + 1, rng.integers(1, length + 1)).tolist() for _ in range(batch)]
+    histories = [[rng.integers(1, N_ITEMS + 1, 30).tolist(), [1, 2, 1]] if b % 2 else [] for b in range(batch)]
+    graphs, history = build_session_graphs(sessions), build_history_graphs(histories)
+    items, scores = scorer.recommend(graphs, history)
+    assert items.shape == scores.shape == (batch, 20)
+    assert items.dtype == np.int64 and scores.dtype == np.float32
+    assert (np.diff(scores, axis=1) <= 0).all() and (items > 0).all()
+    ref = torch.topk(torch.from_numpy(torch_log_probs(net, graphs, history)), 20, dim=-1)
+    np.testing.assert_array_equal(items, ref.indices.numpy())
+    np.testing.assert_allclose(scores, ref.values.numpy(), atol=1e-4)
+
+
+def test_no_history_equals_empty_history(exported):
+    _, art, _ = exported
+    scorer = Scorer(art, providers="cpu")
+    sessions = [[3, 4, 3, 9], [7]]
+    a = scorer.recommend_sessions(sessions)
+    b = scorer.recommend_sessions(sessions, [[], []])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_a_different_network_fails_parity_loudly_and_is_not_published(tmp_path, monkeypatch):
+    """The artefact of one network checked against another: ParityError, nothing at --out."""
+    import export.exporter as exporter
+
+    data = _split(tmp_path / "split")
+    config = ModelConfig(n_items=N_ITEMS, dim=16)
+    _checkpoint(tmp_path / "best.pt", config, seed=0)
+    other = build_network(config).eval()
+    real_export = exporter.export_onnx
+    monkeypatch.setattr(exporter, "export_onnx", lambda net, *a, **kw: real_export(other, *a, **kw))
+    with pytest.raises(ParityError, match="FAILED"):
+        build_artefact(ExportOptions(checkpoint=str(tmp_path / "best.pt"), out=str(tmp_path / "art"),
+                                     data=str(data), parity_cases=300))
+    assert not (tmp_path / "art").exists()
+    assert json.loads((tmp_path / "art.partial" / CARD_FILE).read_text())["parity"]["passed"] is False
+
+
+@pytest.mark.parametrize("config", [ModelConfig.srgnn(N_ITEMS, dim=16),
+                                    ModelConfig(n_items=N_ITEMS, dim=16, arch="gru4rec"),
+                                    ModelConfig(n_items=N_ITEMS, dim=16, interests=1, use_global=False,
+                                                use_history=False, use_repeat=False, normalize=False)],
+                         ids=["srgnn", "gru4rec", "igrec-minimal"])
+def test_other_architectures_export_with_parity(tmp_path, config):
+    data = _split(tmp_path / "split")
+    _checkpoint(tmp_path / "best.pt", config)
+    out, report = build_artefact(ExportOptions(checkpoint=str(tmp_path / "best.pt"), out=str(tmp_path / "art"),
+                                               data=str(data), parity_cases=400, k=10))
+    assert report.passed and report.identical == 1.0, report.summary()
+    scorer = Scorer(out, providers="cpu")
+    assert not scorer.uses_history and scorer.k == 10
+    assert scorer.recommend_sessions([[1, 2, 3]], [[[4, 5]]])[0].shape == (1, 10)
+
+
+def test_checkpoint_vocabulary_becomes_the_item_table(tmp_path):
+    config = ModelConfig(n_items=N_ITEMS, dim=16, use_global=False)
+    vocab = [f"sku-{i * 7}" for i in range(1, N_ITEMS + 1)]
+    _checkpoint(tmp_path / "best.pt", config, item_vocab=vocab)
+    out, _ = build_artefact(ExportOptions(checkpoint=str(tmp_path / "best.pt"), out=str(tmp_path / "art"),
+                                          parity_cases=200))
+    scorer = Scorer(out, providers="cpu")
+    assert scorer.card["dataset"]["vocabulary"] == "checkpoint" and scorer.card["parity"]["source"] == "synthetic"
+    np.testing.assert_array_equal(scorer.index_of(["sku-7", "nope", "sku-2100"]), [1, 0, N_ITEMS])
+    assert scorer.external_ids(np.array([[1, N_ITEMS]])).tolist() == [["sku-7", "sku-2100"]]
+
+
+def test_existing_output_needs_force(exported, tmp_path):
+    _, art, _ = exported
+    with pytest.raises(FileExistsError):
+        build_artefact(ExportOptions(checkpoint="unused.pt", out=str(art)))

@@ -1,0 +1,169 @@
+"""The onnxruntime Scorer: no torch at runtime, refusal of corrupted or incompatible artefacts, providers,
+vocabulary and input handling."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from export.artefact import CARD_FILE, ITEMS_FILE, MODEL_FILE, ArtefactError, sha256_file  # noqa: E402
+from export.exporter import ExportOptions, build_artefact  # noqa: E402
+from export.scorer import CPU, Scorer, resolve_providers  # noqa: E402
+from model.graphs import build_session_graphs  # noqa: E402
+from model.network import ModelConfig, build_network  # noqa: E402
+
+N_ITEMS = 200
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory):
+    """A verified artefact of a small seeded IGRec (history on), parity-checked on synthetic sessions."""
+    root = tmp_path_factory.mktemp("scorer")
+    config = ModelConfig(n_items=N_ITEMS, dim=16)
+    torch.manual_seed(1)
+    net = build_network(config)
+    with torch.no_grad():
+        net.item_encoder.table().mul_(4.0)
+    torch.save({"model": net.state_dict(), "config": config.to_dict(), "train": {"max_len": 20}}, root / "best.pt")
+    out, _ = build_artefact(ExportOptions(checkpoint=str(root / "best.pt"), out=str(root / "art"), parity_cases=300))
+    return out
+
+
+@pytest.fixture
+def copy(artefact, tmp_path):
+    """A private copy of the artefact to damage."""
+    return Path(shutil.copytree(artefact, tmp_path / "art"))
+
+
+def _edit_card(folder: Path, **changes) -> None:
+    card = json.loads((folder / CARD_FILE).read_text())
+    for dotted, value in changes.items():
+        node = card
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[key]
+        node[last] = value
+    (folder / CARD_FILE).write_text(json.dumps(card))
+
+
+def test_scorer_module_never_imports_torch(artefact):
+    """The worker's import and scoring path, in a fresh interpreter: torch must not be loaded."""
+    code = ("import sys; from export.scorer import Scorer; "
+            f"s = Scorer({str(artefact)!r}, threads=1); items, scores = s.recommend_sessions([[1, 2, 3], [5]]); "
+            "assert items.shape == (2, s.k), items.shape; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_loads_and_scores(artefact):
+    scorer = Scorer(artefact, providers="cpu", threads=1)
+    assert scorer.providers == [CPU] and scorer.k == 20 and scorer.n_items == N_ITEMS and scorer.uses_history
+    items, scores = scorer.recommend_sessions([[1, 2, 3, 2], [7]], [[[4, 5], [6]], []])
+    assert items.shape == scores.shape == (2, 20) and items.dtype == np.int64 and scores.dtype == np.float32
+    assert (np.diff(scores, axis=1) <= 0).all() and ((items >= 1) & (items <= N_ITEMS)).all()
+    assert (scores < 0).all()
+    assert scorer.card["graphs"]["max_len"] == 20
+
+
+def test_flipped_byte_is_refused(copy):
+    data = bytearray((copy / MODEL_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match=r"model\.onnx: sha256 .* differs"):
+        Scorer(copy)
+
+
+def test_edited_vocabulary_is_refused(copy):
+    with (copy / ITEMS_FILE).open("a") as f:
+        f.write(f"{N_ITEMS + 1}\textra\n")
+    with pytest.raises(ArtefactError, match=r"items\.tsv: sha256"):
+        Scorer(copy)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"format_version": 2}, "format_version 2"),
+    ({"format": "something-else"}, "format 'something-else'"),
+    ({"onnx__opset": 99}, "opset 99 is not supported"),
+    ({"k": 10}, "metadata igrec.k='20' but the card says 10"),
+    ({"n_items": N_ITEMS + 5}, "205"),
+    ({"files": {MODEL_FILE: "0" * 64}}, "no checksum for items.tsv"),
+], ids=["version", "format", "opset", "k", "n_items", "files"])
+def test_incompatible_card_is_refused(copy, changes, message):
+    _edit_card(copy, **changes)
+    with pytest.raises(ArtefactError, match=message):
+        Scorer(copy)
+
+
+def test_model_swapped_under_a_resigned_card_is_refused(copy, tmp_path):
+    """A different ONNX file with a recomputed checksum: the IO signature no longer matches the card."""
+    import onnx
+
+    model = onnx.load(str(copy / MODEL_FILE))
+    model.graph.input[0].name = "clicks"
+    for node in model.graph.node:
+        node.input[:] = ["clicks" if i == "items" else i for i in node.input]
+    onnx.save(model, str(copy / MODEL_FILE))
+    _edit_card(copy, files={MODEL_FILE: sha256_file(copy / MODEL_FILE), ITEMS_FILE: sha256_file(copy / ITEMS_FILE)})
+    with pytest.raises(ArtefactError, match=r"inputs .* differ from the card"):
+        Scorer(copy)
+
+
+def test_missing_card_or_folder(copy, tmp_path):
+    with pytest.raises(ArtefactError, match="not a folder"):
+        Scorer(tmp_path / "nowhere")
+    (copy / CARD_FILE).unlink()
+    with pytest.raises(ArtefactError, match=r"card\.json: missing"):
+        Scorer(copy)
+
+
+def test_provider_choice():
+    assert resolve_providers("cpu") == [CPU]
+    assert resolve_providers(["CPUExecutionProvider"]) == [CPU]
+    with pytest.raises(ValueError, match="not in this onnxruntime build"):
+        resolve_providers("NoSuchExecutionProvider")
+    auto = resolve_providers("auto")
+    assert auto[-1] == CPU
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        assert auto == [CPU]
+
+
+def test_explicit_gpu_request_without_a_gpu_is_an_error(artefact):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or any(Path("/dev").glob("nvidia[0-9]*")):
+        pytest.skip("needs a CUDA build of onnxruntime on a machine without a GPU")
+    with pytest.raises(RuntimeError, match="requested CUDAExecutionProvider"):
+        Scorer(artefact, providers="cuda")
+
+
+def test_fp16_on_cpu_falls_back_to_float32(artefact, caplog):
+    scorer = Scorer(artefact, providers="cpu", fp16=True)
+    assert "fp16 requested" in caplog.text
+    reference = Scorer(artefact, providers="cpu")
+    np.testing.assert_array_equal(scorer.recommend_sessions([[3, 4]])[0], reference.recommend_sessions([[3, 4]])[0])
+
+
+def test_vocabulary_round_trip(artefact):
+    scorer = Scorer(artefact, providers="cpu")
+    idx = scorer.index_of(["1", "17", str(N_ITEMS), "unknown", ""])
+    assert idx.dtype == np.int64 and idx.tolist() == [1, 17, N_ITEMS, 0, 0]
+    assert scorer.external_ids(np.array([[17, 1], [0, N_ITEMS]])).tolist() == [["17", "1"], ["", str(N_ITEMS)]]
+
+
+def test_input_validation(artefact):
+    scorer = Scorer(artefact, providers="cpu")
+    with pytest.raises(ValueError, match=r"outside 0\.\.200"):
+        scorer.recommend_sessions([[1, N_ITEMS + 1]])
+    with pytest.raises(ValueError, match="history has 1 rows"):
+        scorer.recommend(build_session_graphs([[1], [2]]), build_session_graphs([[3]]))
+    items, scores = scorer.recommend_sessions([])
+    assert items.shape == scores.shape == (0, 20)
