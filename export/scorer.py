@@ -35,10 +35,6 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
 ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
-FP16_KEEP_FLOAT32 = ["LogSoftmax", "Softmax", "Exp", "Log", "ReduceSum", "ReduceMax", "ReduceL2", "Div",
-                     "TopK", "ScatterElements", "Where", "Sigmoid", "Clip", "Range", "Max", "Sub", "Neg"]
-"""Ops kept in float32 when fp16 is converted for the CUDA provider: the softmax/log-sum-exp tail and the
-masks (NEG = -1e9 does not exist in fp16); the matmuls (the [B, D] x [D, n_items] scoring above all) go fp16."""
 
 
 def _gpu_present() -> bool:
@@ -81,7 +77,7 @@ class Scorer:
     """
 
     def __init__(self, artefact: str | Path, providers: str | list[str] = "auto", threads: int | None = None,
-                 fp16: bool = False, *, max_batch: int = 256, spin: bool = True,
+                 fp16: bool = False, *, max_batch: int = 256, spin: bool = True, bucket: bool = True,
                  trt_cache: str | Path | None = None):
         """Load and verify ``artefact``; raise :class:`ArtefactError` if it is corrupted or incompatible.
 
@@ -89,11 +85,13 @@ class Scorer:
             providers: ``"auto"``, a provider name/alias or a list (see :func:`resolve_providers`). An explicit
                 GPU request that onnxruntime cannot honour is an error, never a silent CPU fallback.
             threads: intra-op threads for the CPU provider (None: onnxruntime's default, one per core).
-            fp16: half precision on GPU (TensorRT: builder flag; CUDA: the graph converted with the softmax tail
-                kept in float32). Ignored with a warning on CPU.
+            fp16: half precision on GPU (TensorRT: builder flag; CUDA: the item-scoring product in float16,
+                see :func:`_fp16_model`). Ignored with a warning on CPU.
             max_batch: largest batch of the TensorRT optimisation profile.
             spin: let idle CPU threads spin between runs (lower latency, but burns the cores the worker
                 shares; turn off when the worker's other work is CPU-bound).
+            bucket: score a mixed batch in sub-batches of similar graph size (see :func:`size_buckets`):
+                same results, far less padding work.
             trt_cache: TensorRT engine cache folder (default ``~/.cache/igrec/trt/<model sha256 prefix>``).
         """
         self.path = Path(artefact)
@@ -118,6 +116,7 @@ class Scorer:
         self._output_names = [o.name for o in self._session.get_outputs()]
         self.uses_history = "hist_items" in self._input_names
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
+        self.bucket = bucket
 
     def _open(self, requested: list[str], threads: int | None, fp16: bool, max_batch: int, spin: bool,
               trt_cache: str | Path | None) -> ort.InferenceSession:
@@ -135,7 +134,7 @@ class Scorer:
             log.warning("fp16 requested but no GPU provider (%s): scoring in float32", requested[0])
         model: str | bytes = str(self.path / MODEL_FILE)
         if fp16 and requested[0] == CUDA:
-            model = _fp16_model(self.path / MODEL_FILE)
+            model = _fp16_model(self.path / MODEL_FILE, self.n_items)
         provider_list = [(p, self._provider_options(p, fp16, max_batch, trt_cache)) for p in requested]
         try:
             return ort.InferenceSession(model, opts, providers=provider_list)
@@ -218,7 +217,19 @@ class Scorer:
         b = graphs.batch_size
         if b == 0:
             return np.zeros((0, self.k), np.int64), np.zeros((0, self.k), np.float32)
-        feeds = self._feeds(graphs, history)
+        if history is not None and history.batch_size != b:
+            raise ValueError(f"history has {history.batch_size} rows, graphs have {b}")
+        groups = size_buckets(graphs) if self.bucket else [np.arange(b)]
+        if len(groups) == 1:
+            return self._run(self._feeds(graphs, history))
+        top_items = np.empty((b, self.k), np.int64)
+        top_scores = np.empty((b, self.k), np.float32)
+        for rows in groups:
+            sub_history = trim_graphs(history, rows) if history is not None else None
+            top_items[rows], top_scores[rows] = self._run(self._feeds(trim_graphs(graphs, rows), sub_history))
+        return top_items, top_scores
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if self.on_gpu:
             return self._run_bound(feeds)
         top_items, top_scores = self._session.run(self._output_names, feeds)
@@ -244,8 +255,6 @@ class Scorer:
             if history is None:
                 arrays["hist_items"] = np.zeros((b, 1), np.int64)
                 arrays["hist_adj"] = np.zeros((b, 1, 2), np.float32)
-            elif history.batch_size != b:
-                raise ValueError(f"history has {history.batch_size} rows, graphs have {b}")
             else:
                 arrays["hist_items"], arrays["hist_adj"] = history.items, history.adj
         for name in ("items", "hist_items"):
@@ -275,11 +284,98 @@ class Scorer:
                 f"history={self.uses_history})")
 
 
-def _fp16_model(path: Path) -> bytes:
-    """The model with float16 weights and matmuls for the CUDA provider; inputs/outputs stay as declared."""
+def size_buckets(graphs: SessionGraphs, min_rows: int = 8) -> list[np.ndarray]:
+    """Row indices of ``graphs`` grouped by node count in power-of-two ranges (1, 2, 3-4, 5-8, ...).
+
+    A padded batch costs its largest graph for every row: on Diginetica test prefixes a random batch of 256
+    pads ~3.3 nodes per session to ~19. Groups of fewer than ``min_rows`` rows join the next larger range
+    (a run has a fixed overhead); a batch of fewer than ``2 * min_rows`` rows stays whole.
+    """
+    b = graphs.batch_size
+    if b < 2 * min_rows:
+        return [np.arange(b)]
+    nodes = np.count_nonzero(graphs.items, axis=1)
+    level = np.ceil(np.log2(np.maximum(nodes, 1))).astype(np.int64)
+    groups: list[np.ndarray] = []
+    pending = np.zeros(0, np.int64)
+    top = int(level.max())
+    for lv in np.unique(level):
+        rows = np.concatenate([pending, np.flatnonzero(level == lv)])
+        if len(rows) < min_rows and lv != top:
+            pending = rows
+            continue
+        groups.append(rows)
+        pending = np.zeros(0, np.int64)
+    return groups
+
+
+def trim_graphs(graphs: SessionGraphs, rows: np.ndarray) -> SessionGraphs:
+    """The graphs of ``rows`` with the node and click axes cut to those rows' largest graph.
+
+    Padding nodes have no edges and padding clicks are masked, so the network's output for a row does not
+    depend on how much padding it carries; only the work does. (History rows may hold 0 separators
+    between sessions, so the click axis is cut after the last click, not at the click count.)
+    """
+    items = graphs.items[rows]
+    width = graphs.items.shape[1]
+    n = max(1, int(np.count_nonzero(items, axis=1).max(initial=0)))
+    mask = graphs.mask[rows]
+    used = np.flatnonzero(mask.any(0))
+    length = int(used[-1]) + 1 if used.size else 1
+    adj = graphs.adj[rows, :n]
+    return SessionGraphs(items=items[:, :n], alias=graphs.alias[rows, :length],
+                         adj=np.concatenate([adj[:, :, :n], adj[:, :, width : width + n]], axis=2),
+                         mask=mask[:, :length])
+
+
+def _fp16_model(path: Path, n_items: int) -> bytes:
+    """The model with its item-scoring product in float16, for the CUDA provider.
+
+    The ``[B, D] x [D, n_items + 1]`` product over all items is most of a batch's work and memory traffic.
+    onnxruntime's basic (portable) optimisation folds the constant item table (L2-normalised, transposed)
+    into one initializer; that initializer is stored as float16 and its MatMul/Gemm runs in float16 between
+    two Casts. Everything else (graph propagation, softmax tail, top-K) stays float32. onnxruntime's generic
+    ``convert_float_to_float16`` is not used: on this graph it emits duplicate node names (invalid model).
+    Scores lose precision (float16 has an 11-bit mantissa), so near-tied items may swap places.
+    """
+    import tempfile
+
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnx import TensorProto, helper, numpy_helper
 
-    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, op_block_list=FP16_KEEP_FLOAT32)
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        ort.InferenceSession(str(path), opts, providers=[CPU])
+        model = onnx.load(opts.optimized_model_filepath)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    converted = 0
+    for node in graph.node:
+        table = [x for x in node.input[1:3] if x in inits and n_items + 1 in inits[x].dims]
+        if node.op_type not in ("MatMul", "Gemm") or not table:
+            nodes.append(node)
+            continue
+        for name in node.input[1:]:
+            if name in inits and inits[name].data_type == TensorProto.FLOAT:
+                finite = np.clip(numpy_helper.to_array(inits[name]), -65504.0, 65504.0)  # NEG = -1e9 padding bias
+                half = numpy_helper.from_array(finite.astype(np.float16), name)
+                inits[name].CopyFrom(half)
+        a_half, y_half = f"{node.input[0]}_fp16_{converted}", f"{node.output[0]}_fp16_{converted}"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [a_half], to=TensorProto.FLOAT16,
+                                      name=f"igrec_fp16_in_{converted}"))
+        y_float = node.output[0]
+        node.input[0], node.output[0] = a_half, y_half
+        nodes.append(node)
+        nodes.append(helper.make_node("Cast", [y_half], [y_float], to=TensorProto.FLOAT,
+                                      name=f"igrec_fp16_out_{converted}"))
+        converted += 1
+    if not converted:
+        raise ArtefactError(f"{path}: no item-scoring MatMul found for fp16")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
     return model.SerializeToString()
-

@@ -15,8 +15,8 @@ pytest.importorskip("onnxruntime")
 
 from export.artefact import CARD_FILE, ITEMS_FILE, MODEL_FILE, ArtefactError, sha256_file  # noqa: E402
 from export.exporter import ExportOptions, build_artefact  # noqa: E402
-from export.scorer import CPU, Scorer, resolve_providers  # noqa: E402
-from model.graphs import build_session_graphs  # noqa: E402
+from export.scorer import CPU, Scorer, resolve_providers, size_buckets, trim_graphs  # noqa: E402
+from model.graphs import build_history_graphs, build_session_graphs  # noqa: E402
 from model.network import ModelConfig, build_network  # noqa: E402
 
 N_ITEMS = 200
@@ -167,3 +167,50 @@ def test_input_validation(artefact):
         scorer.recommend(build_session_graphs([[1], [2]]), build_session_graphs([[3]]))
     items, scores = scorer.recommend_sessions([])
     assert items.shape == scores.shape == (0, 20)
+
+
+def test_size_buckets_cover_every_row_once():
+    rng = np.random.default_rng(3)
+    sessions = [rng.integers(1, N_ITEMS + 1, n).tolist() for n in rng.choice([1, 2, 3, 6, 12, 30], 100)]
+    groups = size_buckets(build_session_graphs(sessions))
+    assert len(groups) > 2 and all(len(g) >= 8 for g in groups[:-1])
+    np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.arange(100))
+    assert len(size_buckets(build_session_graphs(sessions[:10]))) == 1
+
+
+def test_trim_keeps_clicks_after_history_separators():
+    history = build_history_graphs([[[1, 2], [3, 4, 5]], [[6]]])
+    trimmed = trim_graphs(history, np.array([1, 0]))
+    np.testing.assert_array_equal(trimmed.mask, history.mask[[1, 0]])
+    np.testing.assert_array_equal(trimmed.adj, history.adj[[1, 0]])
+
+
+def test_buckets_give_the_unbucketed_results(artefact):
+    """A mixed batch scored in size buckets equals the same batch scored padded as one."""
+    rng = np.random.default_rng(4)
+    sessions = [rng.integers(1, N_ITEMS + 1, n).tolist() for n in rng.choice([1, 2, 4, 9, 20], 64)]
+    histories = [[rng.integers(1, N_ITEMS + 1, 5).tolist(), [1, 2]] if i % 3 else [] for i in range(64)]
+    graphs, history = build_session_graphs(sessions), build_history_graphs(histories)
+    assert len(size_buckets(graphs)) > 2
+    items, scores = Scorer(artefact, providers="cpu").recommend(graphs, history)
+    ref_items, ref_scores = Scorer(artefact, providers="cpu", bucket=False).recommend(graphs, history)
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_fp16_rewrite_is_a_valid_graph_close_to_float32(artefact):
+    """The CUDA fp16 variant (item-scoring product in float16) checked on the CPU provider, which also
+    runs float16 MatMul: valid graph, same inputs/outputs, scores within float16 rounding."""
+    import onnxruntime as ort
+
+    from export.scorer import _fp16_model
+
+    scorer = Scorer(artefact, providers="cpu", bucket=False)
+    session = ort.InferenceSession(_fp16_model(artefact / MODEL_FILE, N_ITEMS), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    graphs = build_session_graphs([rng.integers(1, N_ITEMS + 1, rng.integers(1, 12)).tolist() for _ in range(40)])
+    items, scores = session.run(None, scorer._feeds(graphs, None))
+    ref_items, ref_scores = scorer.recommend(graphs)
+    assert items.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, ref_scores, atol=2e-2)
+    assert (items[:, :5] == ref_items[:, :5]).mean() > 0.9

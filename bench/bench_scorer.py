@@ -1,0 +1,201 @@
+"""PyTorch eager against onnxruntime on the same igrec model and the same Diginetica test prefixes.
+
+For batch sizes 1, 32 and 256 (the worker's micro-batches) it prints p50/p99 latency and sessions/s of
+scoring a batch of ready session graphs into top-20 lists: PyTorch eager float32 (``net(...)`` then
+``torch.topk``, inference mode) against the exported artefact in :class:`export.scorer.Scorer` (CPU
+provider). Each runs the batch as one padded tensor and, as the worker's Scorer does by default, in size
+buckets (sub-batches of similar graph size: less padding work); the ratio of a runtime is taken against
+PyTorch with the same batching, so it measures the runtime, not the batching. All use the same thread
+count; runs alternate between them so that load from other processes hits all alike. It also counts the
+cases whose top-20 lists differ from PyTorch's (same batch).
+
+The model is a checkpoint (``--checkpoint``) or, without one, a Diginetica-sized IGRec with seeded random
+weights (43,097 items, the default config, the global graph built from the real training sessions):
+inference cost does not depend on the weights. Usage:
+
+    python bench/bench_scorer.py [--checkpoint runs/dig_igrec/best.pt] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "diginetica" / "srgnn_split"
+DIGINETICA_ITEMS = 43_097
+ITERATIONS = {1: 300, 32: 60, 256: 20}
+
+
+def random_checkpoint(path: Path, data: Path, seed: int) -> None:
+    """A Diginetica-sized IGRec checkpoint with seeded random weights and the real global graph."""
+    import torch
+
+    from model.data import read_split
+    from model.graphs import build_global_graph
+    from model.network import ModelConfig, build_network
+
+    split = read_split(data)
+    config = ModelConfig(n_items=max(split.n_items, DIGINETICA_ITEMS))
+    torch.manual_seed(seed)
+    net = build_network(config)
+    graph = build_global_graph(split.train, config.n_items, config.global_neighbors)
+    net.set_global_graph(graph.neighbors, graph.weights)
+    torch.save({"model": net.state_dict(), "config": config.to_dict(),
+                "train": {"data": str(data), "max_len": config.max_len}}, path)
+
+
+def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, seed: int) -> list:
+    """``count`` batches of ``size`` random real test prefixes, as session graphs."""
+    from model.data import read_test_tsv
+    from model.graphs import build_session_graphs
+
+    cases = read_test_tsv(data / "test.tsv")
+    rng = np.random.default_rng(seed + size)
+    return [build_session_graphs(cases.padded(rng.choice(len(cases), size, replace=False), max_len), binary=binary)
+            for _ in range(count)]
+
+
+def torch_runner(net, k: int, bucket: bool):
+    """PyTorch eager float32 top-``k`` of a batch of graphs (optionally in the scorer's size buckets)."""
+    import torch
+
+    from export.scorer import size_buckets, trim_graphs
+
+    def topk(g) -> np.ndarray:
+        with torch.inference_mode():
+            logp = net(*(torch.from_numpy(np.ascontiguousarray(a)) for a in g.arrays()))
+            return torch.topk(logp, k, dim=-1).indices.numpy()
+
+    def run(g) -> np.ndarray:
+        groups = size_buckets(g) if bucket else [np.arange(g.batch_size)]
+        if len(groups) == 1:
+            return topk(g)
+        out = np.empty((g.batch_size, k), np.int64)
+        for rows in groups:
+            out[rows] = topk(trim_graphs(g, rows))
+        return out
+
+    return run
+
+
+def measure(runners: dict, graphs_list: list, iterations: int) -> dict:
+    """Run every runner on the same batches, alternating between them; latencies (s) and the number of
+    cases whose top-K differs from the first runner's (the reference)."""
+    for g in graphs_list[:2]:
+        for run in runners.values():
+            run(g)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    differing = dict.fromkeys(runners, 0)
+    cases = 0
+    for i in range(iterations):
+        g = graphs_list[i % len(graphs_list)]
+        reference = None
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            items = run(g)
+            times[name].append(time.perf_counter() - t0)
+            if reference is None:
+                reference = items
+            elif i < len(graphs_list):
+                differing[name] += int((items != reference).any(1).sum())
+        cases += g.batch_size if i < len(graphs_list) else 0
+    return {"times": times, "differing": differing, "compared": cases}
+
+
+BASELINE = {"torch": "torch", "torch + buckets": "torch + buckets", "onnxruntime": "torch",
+            "onnxruntime + buckets": "torch + buckets"}
+"""The PyTorch row each runtime's ratio is taken against: the same batching, so the ratio is the runtime's."""
+
+
+def summarise(size: int, result: dict) -> dict:
+    row: dict = {"batch": size, "top20_compared": result["compared"]}
+    for name, t in result["times"].items():
+        arr = np.asarray(t)
+        row[name] = {"p50_ms": 1000 * float(np.percentile(arr, 50)), "p99_ms": 1000 * float(np.percentile(arr, 99)),
+                     "sessions_per_s": size * len(arr) / float(arr.sum()), "runs": len(arr),
+                     "top20_differing": result["differing"][name]}
+    for name in result["times"]:
+        row[name]["speedup"] = row[name]["sessions_per_s"] / row[BASELINE[name]]["sessions_per_s"]
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per (batch, runtime): latency percentiles, throughput, ratio to torch, top-20 mismatches."""
+    head = (f"{'batch':>5}  {'runtime':<22} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>10} {'x torch':>8} "
+            f"{'top-20 differ':>14}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        for name in (n for n in r if isinstance(r[n], dict)):
+            m = r[name]
+            ratio = f"{m['speedup']:.2f}x"
+            differ = f"{m['top20_differing']} / {r['top20_compared']}" if name != "torch" else "reference"
+            print(f"{r['batch']:>5}  {name:<22} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['sessions_per_s']:>10.0f} "
+                  f"{ratio:>8} {differ:>14}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="a training checkpoint (default: random Diginetica-sized)")
+    parser.add_argument("--artefact", type=Path, help="an exported artefact of --checkpoint (skip the export)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Diginetica split folder (test prefixes)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both runtimes")
+    parser.add_argument("--batches", default="1,32,256")
+    parser.add_argument("--iterations", type=float, default=1.0, help="multiplier of the per-batch run counts")
+    parser.add_argument("--spin", action="store_true", help="let onnxruntime threads spin between runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+    import torch
+
+    from export.exporter import ExportOptions, build_artefact, load_network
+    from export.scorer import Scorer
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    with tempfile.TemporaryDirectory(prefix="bench_scorer_") as tmp:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            checkpoint = Path(tmp) / "random.pt"
+            random_checkpoint(checkpoint, args.data, args.seed)
+        artefact = args.artefact
+        if artefact is None:
+            artefact, report = build_artefact(ExportOptions(checkpoint=str(checkpoint), out=str(Path(tmp) / "art"),
+                                                            data=str(args.data), parity_cases=2000,
+                                                            threads=args.threads))
+            print(report.summary())
+        net, _ = load_network(checkpoint)
+        plain = Scorer(artefact, providers="cpu", threads=args.threads, spin=args.spin, bucket=False)
+        scorer = Scorer(artefact, providers="cpu", threads=args.threads, spin=args.spin)
+        runners = {"torch": torch_runner(net, scorer.k, bucket=False),
+                   "torch + buckets": torch_runner(net, scorer.k, bucket=True),
+                   "onnxruntime": lambda g: plain.recommend(g)[0],
+                   "onnxruntime + buckets": lambda g: scorer.recommend(g)[0]}
+        graphs = scorer.card["graphs"]
+        print(f"model: {checkpoint} ({scorer.n_items:,} items, dim {net.config.dim}, interests "
+              f"{net.config.interests}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}")
+        print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+        rows = []
+        for size in (int(b) for b in args.batches.split(",")):
+            iterations = max(3, int(ITERATIONS.get(size, 20) * args.iterations))
+            data = batches_of(args.data, size, min(iterations, 20), graphs["max_len"], graphs["binary"], args.seed)
+            rows.append(summarise(size, measure(runners, data, iterations)))
+        print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+        print_table(rows)
+        if args.json:
+            args.json.write_text(json.dumps({"rows": rows, "load_after": os.getloadavg(), "threads": args.threads,
+                                             "checkpoint": str(checkpoint)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
