@@ -112,23 +112,24 @@ def _unique_nodes(seq: np.ndarray, n_nodes: int | None) -> tuple[np.ndarray, np.
 
 
 def _adjacency(seq: np.ndarray, alias: np.ndarray, n: int, binary: bool) -> np.ndarray:
-    """``[A_in | A_out]`` float32 ``[B, N, 2N]`` from consecutive nonzero click pairs."""
+    """``[A_in | A_out]`` float32 ``[B, N, 2N]`` from consecutive nonzero click pairs.
+
+    Work is O(edges): edge counts and degrees come from bincounts over the edge list, and only the
+    nonzero entries are written into a zeroed output (no dense [B, N, N] count matrix or reductions).
+    """
     b = seq.shape[0]
-    edge = (seq[:, :-1] > 0) & (seq[:, 1:] > 0)
-    rows, t = np.nonzero(edge)
+    rows, t = np.nonzero((seq[:, :-1] > 0) & (seq[:, 1:] > 0))
     src = alias[rows, t]
     dst = alias[rows, t + 1]
-    flat = (rows * n + src) * n + dst
-    counts = np.bincount(flat, minlength=b * n * n).astype(np.float32).reshape(b, n, n)
-    if binary:
-        np.minimum(counts, 1.0, out=counts)
-    adj = np.empty((b, n, 2 * n), dtype=np.float32)
-    in_deg = counts.sum(1)[:, :, None]
-    out_deg = counts.sum(2)[:, :, None]
-    np.maximum(in_deg, 1.0, out=in_deg)
-    np.maximum(out_deg, 1.0, out=out_deg)
-    np.divide(counts.transpose(0, 2, 1), in_deg, out=adj[:, :, :n])
-    np.divide(counts, out_deg, out=adj[:, :, n:])
+    key, count = np.unique((rows * n + src) * n + dst, return_counts=True)
+    weight = np.ones(key.size, np.float32) if binary else count.astype(np.float32)
+    row, rest = np.divmod(key, n * n)
+    src, dst = np.divmod(rest, n)
+    out_deg = np.bincount(row * n + src, weights=weight, minlength=b * n)
+    in_deg = np.bincount(row * n + dst, weights=weight, minlength=b * n)
+    adj = np.zeros((b, n, 2 * n), dtype=np.float32)
+    adj[row, dst, src] = weight / in_deg[row * n + dst]
+    adj[row, src, n + dst] = weight / out_deg[row * n + src]
     return adj
 
 

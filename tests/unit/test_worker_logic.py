@@ -7,7 +7,8 @@ import orjson
 
 from streams.records import Event
 from streams.state import Step
-from streams.worker import event_triples, partition_of, score_batch
+from streams.topics import default_partition
+from streams.worker import event_triples, score_batch
 
 
 class FakeScorer:
@@ -47,8 +48,8 @@ def test_event_triples_are_absolute_and_mark_new_sessions() -> None:
     assert event_triples(event, step([], found=False)) == []
 
 
-def test_partition_of_matches_the_java_client() -> None:
+def test_default_partition_matches_the_java_client() -> None:
     """Vectors computed with kafka-clients 4.1.1 itself (``Utils.toPositive(Utils.murmur2(key)) % n`` in jshell)."""
-    assert partition_of(b"user-1", 4) == 0
-    assert partition_of(b"foobar", 100) == 66
-    assert partition_of(b"a-little-bit-long-string", 7) == 1
+    assert default_partition(b"user-1", 4) == 0
+    assert default_partition(b"foobar", 100) == 66
+    assert default_partition(b"a-little-bit-long-string", 7) == 1
