@@ -168,9 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--sink", action="store_true", help="also run the sink until everything is written")
     load.set_defaults(func=_kg_load)
 
-    from model.cli import add_subcommands
+    from export.cli import add_subcommands as add_export_subcommands
+    from model.cli import add_subcommands as add_model_subcommands
 
-    add_subcommands(commands)
+    add_model_subcommands(commands)
+    add_export_subcommands(commands)
     return parser
 
 

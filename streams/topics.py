@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from streams.settings import Settings
 
@@ -36,3 +37,8 @@ async def partition_count(settings: Settings, topic: str) -> int:
     if not described or described[0]["error_code"] or not described[0]["partitions"]:
         raise ValueError(f"topic {topic} does not exist")
     return len(described[0]["partitions"])
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in the Java client and aiokafka) gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -14,10 +14,9 @@ the same prefix and re-emitted under the same ``event_id``; triples are absolute
 (Kafka transactions) was not chosen: it would make every output wait for a transaction commit, and the
 idempotent contract already gives every consumer one answer per event.
 
-The Table writes with ``use_partitioner``: its changelog partition is the producer's murmur2 of the user
-key, the same as the events topic's when producers key by user id with Kafka's default partitioner. An
-event found on another partition than murmur2 assigns it goes to the DLQ, because its user's state would
-otherwise live on two workers.
+A user's state lives in the partition its events arrive on (the Table is co-partitioned with the events
+topic), so any producer partitioner works as long as it sends one key to one partition; the key must be the
+user id (checked).
 """
 
 from __future__ import annotations
@@ -32,12 +31,12 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 
 from streams import metrics
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
+from streams.topics import ensure_topics
 from streams.triples import edge
 from streams.validate import EventError, parse_event
 
@@ -71,11 +70,6 @@ class Scored:
     offset: int
 
 
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default (murmur2) partitioner gives ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     """The faust app with its topics, the ``users`` Table and the scoring agent."""
     from export.scorer import Scorer
@@ -99,13 +93,15 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     enriched = app.topic(settings.topic_enriched, key_serializer="raw", value_type=EnrichedEvent)
     triples = app.topic(settings.topic_triples, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_type=DeadLetter)
-    users = app.Table(
-        "users", partitions=partitions, key_serializer="raw", value_serializer="json", use_partitioner=True
-    )
+    users = app.Table("users", partitions=partitions, key_type=bytes)
     transitions = app.topic(
-        f"{config.app_id}-transitions", key_serializer="raw", value_serializer="raw", partitions=partitions
+        f"{config.app_id}-transitions",
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=True,
     )
-    next_counts = app.Table("next-counts", partitions=partitions, key_serializer="raw", value_serializer="json")
+    next_counts = app.Table("next-counts", partitions=partitions, key_type=bytes)
     scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads)
     model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer")
@@ -129,8 +125,6 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     def admit(message: Any, now: float) -> Scored:
         """Validate ``message`` and apply it to its user's state; raises EventError / OversizedSession."""
         event = parse_event(message.value, message.key, now)
-        if partition_of(message.key, partitions) != message.partition:
-            raise EventError(f"key {event.user_id!r} belongs on partition {partition_of(message.key, partitions)}")
         key = message.key
         state, step = apply_event(users.get(key), event, message.partition, message.offset, config.policy)
         if step.applied:
@@ -196,6 +190,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             now = time.time()
             admitted: list[Scored] = []
             for faust_event in batch:
+                stream._set_current_event(faust_event)  # the Table writes to this event's partition
                 message = faust_event.message
                 processed[message.partition] = message.offset
                 try:
@@ -277,6 +272,7 @@ def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info")
 
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    asyncio.run(ensure_topics(settings))
     app = create_app(settings, config)
     log.info("%s", orjson.dumps({"msg": "worker starting", "artefact": str(config.artefact)}).decode())
     Worker(app, loglevel=loglevel).execute_from_commandline()

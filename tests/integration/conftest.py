@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,38 @@ def settings() -> Iterator[Settings]:
 def topic_name() -> str:
     """A fresh topic name per test, so tests never read each other's messages."""
     return f"test.{uuid.uuid4().hex[:12]}"
+
+
+DIGINETICA = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split"
+
+
+@pytest.fixture(scope="session")
+def artefact(tmp_path_factory) -> Path:
+    """A Diginetica-sized artefact (43,097 items) made by the real export path from a seeded random-weight
+    IGRec. The worker's behaviour does not depend on the weights being trained, only on the artefact being a
+    real one; item embeddings are scaled up so scores are peaked (no near-ties) as in a trained network."""
+    torch = pytest.importorskip("torch")
+    from export.exporter import ExportOptions, build_artefact
+    from model.network import ModelConfig, build_network
+
+    root = tmp_path_factory.mktemp("artefact")
+    torch.manual_seed(0)
+    config = ModelConfig(n_items=43_097, dim=32, interests=2, steps=1)
+    net = build_network(config).eval()
+    with torch.no_grad():
+        net.item_encoder.table().mul_(4.0)
+    checkpoint = root / "run" / "best.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model": net.state_dict(), "config": config.to_dict(), "train": {"max_len": 50}}, checkpoint)
+    out, report = build_artefact(
+        ExportOptions(checkpoint=str(checkpoint), out=str(root / "art"), data=str(DIGINETICA), parity_cases=300)
+    )
+    assert report.passed
+    return out
+
+
+@pytest.fixture(scope="session")
+def scorer(artefact: Path):
+    from export.scorer import Scorer
+
+    return Scorer(artefact, providers="cpu")

@@ -11,8 +11,7 @@ import pytest
 from model.data import read_diginetica_clicks
 from streams.replay import copy_range, publish, raw_events
 from streams.settings import ROOT, Settings
-from streams.topics import ensure_topics
-from streams.worker import partition_of
+from streams.topics import default_partition, ensure_topics
 from tests.integration.worker_harness import collect
 
 pytestmark = pytest.mark.integration
@@ -39,7 +38,7 @@ def test_copy_by_offsets_and_by_time(settings: Settings, topic_name: str) -> Non
 
     copied = asyncio.run(copy_range(settings, source, by_offset, start={p: 1 for p in range(8)}))
     got = asyncio.run(collect(settings, by_offset, copied, timeout=30))
-    used = {partition_of(f"u{i}".encode(), settings.topic_partitions) for i in range(5)}
+    used = {default_partition(f"u{i}".encode(), settings.topic_partitions) for i in range(5)}
     assert copied == 40 - len(used) and len(got) == copied, "offset 0 of every partition skipped"
 
     copied = asyncio.run(copy_range(settings, source, by_time, start=middle))

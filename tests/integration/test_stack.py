@@ -23,12 +23,16 @@ def _igrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    return os.environ | {
-        "IGREC_STATE_DIR": str(settings.state_dir),
-        "IGREC_KAFKA_PORT": str(settings.kafka_port),
-        "IGREC_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-        "IGREC_NEO4J_PORT": str(settings.neo4j_port),
-    } | extra
+    return (
+        os.environ
+        | {
+            "IGREC_STATE_DIR": str(settings.state_dir),
+            "IGREC_KAFKA_PORT": str(settings.kafka_port),
+            "IGREC_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+            "IGREC_NEO4J_PORT": str(settings.neo4j_port),
+        }
+        | extra
+    )
 
 
 def test_starting_twice_keeps_the_same_servers(settings: Settings) -> None:
@@ -73,7 +77,7 @@ def test_too_old_java_is_explained(settings: Settings, tmp_path: Path) -> None:
     fake_home = tmp_path / "jdk11"
     (fake_home / "bin").mkdir(parents=True)
     fake_java = fake_home / "bin" / "java"
-    fake_java.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    fake_java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
     fake_java.chmod(0o755)
     result = _igrec(["stack", "up"], _env_for(settings.replace(state_dir=tmp_path / "s"), JAVA_HOME=str(fake_home)))
     assert result.returncode == 1

@@ -1,0 +1,174 @@
+"""The worker on the real broker: parity with the offline Scorer, crashes, scale-out, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from model.data import read_test_tsv
+from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
+from streams.settings import ROOT, Settings
+from streams.topics import ensure_topics
+from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings
+
+pytestmark = pytest.mark.integration
+DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
+
+
+def test_sessions(n: int, skip: int = 0) -> list[list[int]]:
+    return cases_to_sessions(read_test_tsv(DIGINETICA_TEST))[skip : skip + n]
+
+
+def expected_recommendations(scorer, sessions: list[list[int]], run: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Offline: the Scorer on every prefix, keyed by the event id replay gives that click."""
+    events = list(session_events(sessions, run=run))
+    prefixes = [s[: i + 1] for s in sessions for i in range(len(s))]
+    expected = {}
+    for begin in range(0, len(prefixes), 256):
+        chunk = prefixes[begin : begin + 256]
+        known = [[int(x) for x in scorer.index_of([str(i) for i in p]) if x] for p in chunk]
+        top, scores = scorer.recommend_sessions(known)
+        for row, event in enumerate(events[begin : begin + 256]):
+            expected[event["event_id"]] = ([str(x) for x in scorer.external_ids(top[row])], scores[row])
+    return expected
+
+
+def assert_same_recommendations(got: dict[str, list[dict]], expected: dict, tolerance: float = 1e-4) -> None:
+    missing = set(expected) - set(got)
+    assert not missing, f"{len(missing)} events without a recommendation, e.g. {sorted(missing)[:3]}"
+    for event_id, (items, scores) in expected.items():
+        for record in got[event_id]:
+            np.testing.assert_allclose(record["scores"], scores, atol=tolerance, err_msg=event_id)
+            if record["items"] != items:
+                mismatch = [i for i, (a, b) in enumerate(zip(record["items"], items, strict=True)) if a != b]
+                assert all(
+                    abs(scores[i] - scores[i - 1]) < tolerance
+                    or abs(scores[i] - scores[min(i + 1, len(scores) - 1)]) < tolerance
+                    for i in mismatch
+                ), f"{event_id}: {record['items']} != {items}"
+
+
+@pytest.fixture
+def iso(settings: Settings) -> Settings:
+    isolated = isolated_settings(settings)
+    asyncio.run(ensure_topics(isolated))
+    return isolated
+
+
+def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
+    sessions = test_sessions(120)
+    expected = expected_recommendations(scorer, sessions, run="parity")
+    worker = WorkerProcess(iso, artefact, tmp_path, app_id=f"{iso.topic_events}-w").start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, list(session_events(sessions, run="parity"))))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=180, watch=[worker]))
+    finally:
+        worker.stop()
+    assert_same_recommendations(got, expected)
+    assert all(r["scored"] for records in got.values() for r in records)
+
+
+def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
+    sessions = test_sessions(300, skip=500)
+    events = list(session_events(sessions, run="crash"))
+    expected = expected_recommendations(scorer, sessions, run="crash")
+    app_id = f"{iso.topic_events}-w"
+    worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, events[: len(events) // 2]))
+        partial = asyncio.run(collect(iso, iso.topic_recommendations, len(events) // 4, timeout=120, watch=[worker]))
+        assert len(partial) >= len(events) // 4
+        worker.kill9()
+        asyncio.run(publish(iso, iso.topic_events, events[len(events) // 2 :]))
+        worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1").start()
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=240, watch=[worker]))
+    finally:
+        worker.stop()
+    assert_same_recommendations(got, expected)
+
+
+def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
+    sessions = test_sessions(300, skip=1000)
+    events = list(session_events(sessions, run="scale"))
+    expected = expected_recommendations(scorer, sessions, run="scale")
+    app_id = f"{iso.topic_events}-w"
+    first = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1").start()
+    second = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w2")
+    try:
+        asyncio.run(publish(iso, iso.topic_events, events[: len(events) // 3]))
+        asyncio.run(collect(iso, iso.topic_recommendations, len(events) // 6, timeout=120, watch=[first]))
+        second.start()
+        asyncio.run(publish(iso, iso.topic_events, events[len(events) // 3 :]))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=240, watch=[first, second]))
+    finally:
+        first.stop()
+        second.stop()
+    assert_same_recommendations(got, expected)
+
+
+def _without(event: dict, field: str) -> dict:
+    return {k: v for k, v in event.items() if k != field}
+
+
+def fuzzed_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
+    """``n`` malformed (key, value) pairs of many kinds: broken JSON, wrong types, missing fields, absurd
+    timestamps, oversized payloads, random bytes, and keys that disagree with the user id."""
+    rng = random.Random(seed)
+    good = {"schema_version": 1, "event_id": "e", "user_id": "u", "item_id": "5", "ts": 1_700_000_000.0}
+    mutations = [
+        lambda e: orjson.dumps(e)[: rng.randrange(1, 40)],
+        lambda e: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))),
+        lambda e: orjson.dumps({**e, "ts": rng.choice([0, -5, 1e15, "now", None, [1]])}),
+        lambda e: orjson.dumps(_without(e, rng.choice(["event_id", "user_id", "item_id", "ts", "schema_version"]))),
+        lambda e: orjson.dumps(
+            {**e, rng.choice(["user_id", "item_id", "event_id"]): rng.choice([None, 3.5, {}, [], ""])}
+        ),
+        lambda e: orjson.dumps({**e, "schema_version": rng.choice([0, 2, "1", None])}),
+        lambda e: orjson.dumps({**e, "context": {"blob": "x" * 5000}}),
+        lambda e: orjson.dumps({**e, "item_id": "i" * 1000}),
+        lambda e: orjson.dumps(rng.choice([[], 1, "str", None, True])),
+        lambda e: b" " * 70_000,
+    ]
+    pairs = []
+    for i in range(n):
+        event = {**good, "event_id": f"bad-{i}", "user_id": f"u{i % 97}"}
+        key = event["user_id"].encode()
+        if i % 11 == 0:
+            pairs.append((b"not-" + key, orjson.dumps(event)))
+        else:
+            pairs.append((key, rng.choice(mutations)(event)))
+    return pairs
+
+
+def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: Path, tmp_path) -> None:
+    bad = fuzzed_events(10_000)
+    assert len({v for _, v in bad}) > 1000, "the fuzz must be varied"
+    worker = WorkerProcess(iso, artefact, tmp_path, app_id=f"{iso.topic_events}-w").start()
+    try:
+        asyncio.run(publish_payloads(iso, iso.topic_events, [v for _, v in bad], [k for k, _ in bad]))
+        good = list(session_events([[214, 2]], run="alive"))
+        asyncio.run(publish(iso, iso.topic_events, good))
+        dead = asyncio.run(
+            collect(
+                iso,
+                iso.topic_dlq,
+                len(bad),
+                timeout=240,
+                key=lambda r: f"{r['source_partition']}:{r['source_offset']}",
+                watch=[worker],
+            )
+        )
+        recs = asyncio.run(collect(iso, iso.topic_recommendations, len(good), timeout=60, watch=[worker]))
+        assert worker.alive(), worker.log_tail()
+    finally:
+        worker.stop()
+    assert len(dead) == len(bad), f"{len(bad) - len(dead)} bad events did not reach the DLQ"
+    reasons = {records[0]["reason"].split(":")[0].split(" ")[0] for records in dead.values()}
+    assert len(reasons) >= 5, reasons
+    assert all(records[0]["source_topic"] == iso.topic_events for records in dead.values())
+    assert set(recs) == {e["event_id"] for e in good}, "the worker must keep serving after bad input"
