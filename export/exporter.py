@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.artefact import CARD_FILE, FORMAT, FORMAT_VERSION, ITEMS_FILE, MODEL_FILE, checksums, write_items
+from export.artefact import (
+    CARD_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    ITEMS_FILE,
+    MODEL_FILE,
+    checksums,
+    sha256_file,
+    write_items,
+)
 from export.onnx_export import export_onnx
 from export.parity import ParityError, ParityReport, check_parity, sample_cases
 from export.scorer import Scorer
@@ -91,6 +100,17 @@ def run_results(checkpoint: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def checkpoint_metrics(checkpoint: Path, state: dict, results: dict) -> dict:
+    """Metrics that belong to this checkpoint: the run's test metrics (computed with best.pt) for best.pt,
+    else the last epoch's validation metrics stored in the checkpoint's history; {} when neither exists."""
+    if checkpoint.name == "best.pt" and results.get("test"):
+        return {"test": results["test"], "source": str(checkpoint.parent / "results.json")}
+    history = state.get("history") or []
+    if history and "val" in history[-1]:
+        return {"validation": history[-1]["val"], "epoch": history[-1].get("epoch"), "source": "checkpoint history"}
+    return {}
+
+
 def synthetic_cases(n_items: int, n: int, seed: int = 0) -> Cases:
     """Random prefixes (length 1..20) when no test split is available; labelled ``synthetic`` in the card."""
     rng = np.random.default_rng(seed)
@@ -109,11 +129,11 @@ def make_card(opts: ExportOptions, state: dict, results: dict, onnx_block: dict,
         "format_version": FORMAT_VERSION,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git": git_commit(),
-        "checkpoint": {"path": str(Path(opts.checkpoint).resolve()),
+        "checkpoint": {"path": str(Path(opts.checkpoint).resolve()), "sha256": sha256_file(opts.checkpoint),
                        "best_epoch": results.get("best_epoch", state.get("epoch"))},
         "dataset": {"name": results.get("dataset") or (split.name if split else None),
                     "data": opts.data or train.get("data"), "n_items": n_items, "vocabulary": vocab_source},
-        "metrics": {"test": results.get("test")} if results.get("test") else {},
+        "metrics": checkpoint_metrics(Path(opts.checkpoint), state, results),
         "model": state["config"],
         "train": train,
         "k": opts.k,

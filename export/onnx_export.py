@@ -134,9 +134,13 @@ def _export_dynamo(module: nn.Module, example: tuple, names: list[str], path: Pa
     shapes = {"items": {0: batch, 1: nodes}, "alias": {0: batch, 1: clicks}, "adj": {0: batch, 1: nodes, 2: 2 * nodes},
               "mask": {0: batch, 1: clicks}, "hist_items": {0: batch, 1: hist},
               "hist_adj": {0: batch, 1: hist, 2: 2 * hist}}
-    program = torch.onnx.export(module, example, dynamo=True, opset_version=opset, input_names=names,
-                                output_names=list(OUTPUTS), dynamic_shapes=tuple(shapes[n] for n in names),
-                                verbose=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+        program = torch.onnx.export(module, example, dynamo=True, opset_version=opset, input_names=names,
+                                    output_names=list(OUTPUTS), dynamic_shapes=tuple(shapes[n] for n in names),
+                                    verbose=False)
     program.save(str(path), external_data=False)
 
 
