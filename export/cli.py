@@ -18,7 +18,7 @@ def _run_export(args: argparse.Namespace) -> None:
     opts = ExportOptions(checkpoint=args.checkpoint, out=args.out, k=args.k, opset=args.opset,
                          parity_cases=args.parity_cases or None, data=args.data, raw_format=args.raw_format,
                          batch_size=args.batch_size, exporter=args.exporter, threads=args.threads,
-                         force=args.force)
+                         force=args.force, history_trained=args.history_trained)
     try:
         out, report = build_artefact(opts)
     except ParityError as exc:
@@ -43,6 +43,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.onnx path (dynamo needs the onnxscript package)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime during the parity check")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--history-trained", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the network was trained with user histories, so the Scorer feeds them "
+                        "(default: the checkpoint's train config 'history_inputs', else no)")
 
 
 def add_subcommands(subparsers) -> None:

@@ -55,6 +55,7 @@ class ExportOptions:
     exporter: str = "torchscript"
     threads: int | None = None
     force: bool = False
+    history_trained: bool | None = None
 
 
 def load_network(checkpoint: str | Path) -> tuple[nn.Module, dict]:
@@ -141,10 +142,25 @@ def make_card(opts: ExportOptions, state: dict, results: dict, onnx_block: dict,
         "scores": "log-probabilities of the next item, float32",
         "graphs": {"max_len": int(train.get("max_len", state["config"].get("max_len", 50))),
                    "binary": bool(train.get("binary_adj", False)),
-                   "history_max_len": HISTORY_MAX_LEN},
+                   "history_max_len": HISTORY_MAX_LEN,
+                   "history_trained": history_trained(opts, state)},
         "onnx": onnx_block,
         "files": checksums(folder),
     }
+
+
+def history_trained(opts: ExportOptions, state: dict) -> bool:
+    """Whether the network's history weights saw real histories in training: the export option if given,
+    else the training config's ``history_inputs`` flag (model/train.py does not feed histories yet)."""
+    if opts.history_trained is not None:
+        return opts.history_trained
+    return bool(state.get("train", {}).get("history_inputs", False))
+
+
+def model_version(card: dict) -> str:
+    """``<dataset>-<created>-<model.onnx sha256 prefix>``: names one exported model everywhere it is used."""
+    created = card["created"].replace("-", "").replace(":", "")
+    return f"{card['dataset']['name'] or 'model'}-{created}-{card['files'][MODEL_FILE][:12]}"
 
 
 def write_card(folder: Path, card: dict) -> None:
@@ -182,9 +198,10 @@ def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
     vocab, vocab_source = item_vocabulary(state, split, n_items)
     write_items(staging / ITEMS_FILE, vocab)
     card = make_card(opts, state, results, onnx_block, n_items, vocab_source, split, staging)
+    card["model_version"] = model_version(card)
     write_card(staging, card)
 
-    scorer = Scorer(staging, providers="cpu", threads=opts.threads, spin=False)
+    scorer = Scorer(staging, providers="cpu", threads=opts.threads, spin=False, history=True)
     cases, source = ((sample_cases(split.test, opts.parity_cases), "test") if split is not None
                      else (synthetic_cases(n_items, opts.parity_cases or 5000), "synthetic"))
     report = check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,

@@ -91,6 +91,8 @@ def check_parity(net: nn.Module, scorer: Scorer, cases: Cases, *, source: str = 
                  max_diff: float = MAX_SCORE_DIFF, seed: int = 0) -> ParityReport:
     """Score every case prefix with both ``net`` (PyTorch) and ``scorer`` (onnxruntime) and compare top-K.
 
+    ``scorer`` should be built with ``history=True`` so the history inputs are compared as well.
+
     Batches are random mixes of lengths, like the worker's micro-batches (so the scorer's size buckets and
     the padding invariance are exercised); when the model uses history, every other batch borrows the
     previous batch's prefixes as its users' history so the history path is compared too.

@@ -73,12 +73,13 @@ class Scorer:
         k: top-K baked into the graph.
         n_items: largest item index (indices 1..n_items are items, 0 is padding).
         providers: the execution providers the session really uses, best first.
-        uses_history: whether the model has the historical-graph inputs.
+        has_history_inputs: whether the graph has the historical-graph inputs.
+        uses_history: whether ``recommend`` feeds the given histories to them (see ``history`` below).
     """
 
     def __init__(self, artefact: str | Path, providers: str | list[str] = "auto", threads: int | None = None,
-                 fp16: bool = False, *, max_batch: int = 256, spin: bool = True, bucket: bool = True,
-                 trt_cache: str | Path | None = None):
+                 fp16: bool = False, *, history: bool | None = None, max_batch: int = 256, spin: bool = True,
+                 bucket: bool = True, trt_cache: str | Path | None = None):
         """Load and verify ``artefact``; raise :class:`ArtefactError` if it is corrupted or incompatible.
 
         Args:
@@ -87,6 +88,10 @@ class Scorer:
             threads: intra-op threads for the CPU provider (None: onnxruntime's default, one per core).
             fp16: half precision on GPU (TensorRT: builder flag; CUDA: the item-scoring product in float16,
                 see :func:`_fp16_model`). Ignored with a warning on CPU.
+            history: feed users' histories to the history inputs. None follows the card's
+                ``graphs.history_trained``: a network trained without histories (every split dataset so far)
+                has untrained history weights, so real histories would only add noise; it then scores every
+                session as training did, with an empty history.
             max_batch: largest batch of the TensorRT optimisation profile.
             spin: let idle CPU threads spin between runs (lower latency, but burns the cores the worker
                 shares; turn off when the worker's other work is CPU-bound).
@@ -114,7 +119,9 @@ class Scorer:
         self._check_model()
         self._input_names = [i.name for i in self._session.get_inputs()]
         self._output_names = [o.name for o in self._session.get_outputs()]
-        self.uses_history = "hist_items" in self._input_names
+        self.has_history_inputs = "hist_items" in self._input_names
+        trained = bool(self._graphs.get("history_trained", False))
+        self.uses_history = self.has_history_inputs and (trained if history is None else history)
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
         self.bucket = bucket
 
@@ -209,7 +216,7 @@ class Scorer:
             graphs: current sessions, ``items [B, N]``, ``alias [B, L]``, ``adj [B, N, 2N]``, ``mask [B, L]``
                 (:func:`model.graphs.build_session_graphs`), item indices in 0..n_items.
             history: the users' historical graphs (:func:`model.graphs.build_history_graphs`), ``B`` rows, or
-                None (no history). Ignored by a model without history inputs.
+                None (no history). Ignored unless :attr:`uses_history`.
 
         Returns:
             item indices int64 ``[B, K]`` and their log-probabilities float32 ``[B, K]``, best first.
@@ -219,6 +226,8 @@ class Scorer:
             return np.zeros((0, self.k), np.int64), np.zeros((0, self.k), np.float32)
         if history is not None and history.batch_size != b:
             raise ValueError(f"history has {history.batch_size} rows, graphs have {b}")
+        if not self.uses_history:
+            history = None
         groups = size_buckets(graphs) if self.bucket else [np.arange(b)]
         if len(groups) == 1:
             return self._run(self._feeds(graphs, history))
@@ -251,7 +260,7 @@ class Scorer:
         """Input name -> contiguous array of the dtype the graph declares; validates item index ranges."""
         b = graphs.batch_size
         arrays = {"items": graphs.items, "alias": graphs.alias, "adj": graphs.adj, "mask": graphs.mask}
-        if self.uses_history:
+        if self.has_history_inputs:
             if history is None:
                 arrays["hist_items"] = np.zeros((b, 1), np.int64)
                 arrays["hist_adj"] = np.zeros((b, 1, 2), np.float32)

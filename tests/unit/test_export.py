@@ -83,6 +83,7 @@ def test_artefact_has_model_vocabulary_and_card_with_checksums(exported):
     assert read_items(art / ITEMS_FILE)[1:4] == ["1", "2", "3"]
     assert not (art.parent / "art.partial").exists()
     assert card["parity"]["passed"] and card["parity"]["source"] == "test"
+    assert card["model_version"].startswith("toy-") and card["model_version"].endswith(card["files"][MODEL_FILE][:12])
 
 
 def test_parity_on_the_test_split(exported):
@@ -99,7 +100,7 @@ def test_parity_on_the_test_split(exported):
 def test_dynamic_batch_and_graph_sizes(exported, batch, length):
     """B, N, L and H unlike the 3-session example the graph was traced with; top-K shapes, order, parity."""
     net, art, _ = exported
-    scorer = Scorer(art, providers="cpu")
+    scorer = Scorer(art, providers="cpu", history=True)
     rng = np.random.default_rng(batch)
     sessions = [rng.integers(1, N_ITEMS + 1, rng.integers(1, length + 1)).tolist() for _ in range(batch)]
     histories = [[rng.integers(1, N_ITEMS + 1, 30).tolist(), [1, 2, 1]] if b % 2 else [] for b in range(batch)]
@@ -115,12 +116,26 @@ def test_dynamic_batch_and_graph_sizes(exported, batch, length):
 
 def test_no_history_equals_empty_history(exported):
     _, art, _ = exported
-    scorer = Scorer(art, providers="cpu")
+    scorer = Scorer(art, providers="cpu", history=True)
     sessions = [[3, 4, 3, 9], [7]]
     a = scorer.recommend_sessions(sessions)
     b = scorer.recommend_sessions(sessions, [[], []])
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_history_is_fed_only_when_trained_with_it(exported):
+    """A checkpoint trained without histories (the card says so) scores every session as training did."""
+    _, art, _ = exported
+    card = json.loads((art / CARD_FILE).read_text())
+    assert card["graphs"]["history_trained"] is False
+    sessions, histories = [[3, 4, 3, 9], [7]], [[[10, 11, 12]], [[5, 6], [8]]]
+    default = Scorer(art, providers="cpu")
+    assert default.has_history_inputs and not default.uses_history
+    np.testing.assert_array_equal(default.recommend_sessions(sessions, histories)[1],
+                                  default.recommend_sessions(sessions)[1])
+    forced = Scorer(art, providers="cpu", history=True)
+    assert not np.allclose(forced.recommend_sessions(sessions, histories)[1], forced.recommend_sessions(sessions)[1])
 
 
 def test_a_different_network_fails_parity_loudly_and_is_not_published(tmp_path, monkeypatch):
@@ -152,7 +167,7 @@ def test_other_architectures_export_with_parity(tmp_path, config):
                                                data=str(data), parity_cases=400, k=10))
     assert report.passed and report.identical == 1.0, report.summary()
     scorer = Scorer(out, providers="cpu")
-    assert not scorer.uses_history and scorer.k == 10
+    assert not scorer.has_history_inputs and not scorer.uses_history and scorer.k == 10
     assert scorer.recommend_sessions([[1, 2, 3]], [[[4, 5]]])[0].shape == (1, 10)
 
 
@@ -161,8 +176,9 @@ def test_checkpoint_vocabulary_becomes_the_item_table(tmp_path):
     vocab = [f"sku-{i * 7}" for i in range(1, N_ITEMS + 1)]
     _checkpoint(tmp_path / "best.pt", config, item_vocab=vocab)
     out, _ = build_artefact(ExportOptions(checkpoint=str(tmp_path / "best.pt"), out=str(tmp_path / "art"),
-                                          parity_cases=200))
+                                          parity_cases=200, history_trained=True))
     scorer = Scorer(out, providers="cpu")
+    assert scorer.uses_history
     assert scorer.card["dataset"]["vocabulary"] == "checkpoint" and scorer.card["parity"]["source"] == "synthetic"
     np.testing.assert_array_equal(scorer.index_of(["sku-7", "nope", "sku-2100"]), [1, 0, N_ITEMS])
     assert scorer.external_ids(np.array([[1, N_ITEMS]])).tolist() == [["sku-7", "sku-2100"]]

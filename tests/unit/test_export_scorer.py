@@ -66,7 +66,7 @@ def test_scorer_module_never_imports_torch(artefact):
 
 def test_loads_and_scores(artefact):
     scorer = Scorer(artefact, providers="cpu", threads=1)
-    assert scorer.providers == [CPU] and scorer.k == 20 and scorer.n_items == N_ITEMS and scorer.uses_history
+    assert scorer.providers == [CPU] and scorer.k == 20 and scorer.n_items == N_ITEMS and scorer.has_history_inputs
     items, scores = scorer.recommend_sessions([[1, 2, 3, 2], [7]], [[[4, 5], [6]], []])
     assert items.shape == scores.shape == (2, 20) and items.dtype == np.int64 and scores.dtype == np.float32
     assert (np.diff(scores, axis=1) <= 0).all() and ((items >= 1) & (items <= N_ITEMS)).all()
@@ -192,8 +192,8 @@ def test_buckets_give_the_unbucketed_results(artefact):
     histories = [[rng.integers(1, N_ITEMS + 1, 5).tolist(), [1, 2]] if i % 3 else [] for i in range(64)]
     graphs, history = build_session_graphs(sessions), build_history_graphs(histories)
     assert len(size_buckets(graphs)) > 2
-    items, scores = Scorer(artefact, providers="cpu").recommend(graphs, history)
-    ref_items, ref_scores = Scorer(artefact, providers="cpu", bucket=False).recommend(graphs, history)
+    items, scores = Scorer(artefact, providers="cpu", history=True).recommend(graphs, history)
+    ref_items, ref_scores = Scorer(artefact, providers="cpu", bucket=False, history=True).recommend(graphs, history)
     np.testing.assert_array_equal(items, ref_items)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
