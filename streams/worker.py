@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+import faust.streams as faust_streams
 import orjson
 
 from streams import metrics
@@ -41,6 +43,12 @@ from streams.triples import edge
 from streams.validate import EventError, parse_event
 
 log = logging.getLogger("igrec.worker")
+
+# faust's Tables write to the partition of the "current event", a context variable that faust sets while
+# iterating a stream one event at a time. A micro-batch from ``take_events`` is handled in the agent's own
+# task, so the agent sets it for each event of the batch here. (``Stream._set_current_event`` must not be
+# used: it also changes the stream's shared attribute, which the background task that fills the batch reads.)
+_CURRENT_EVENT = faust_streams._current_event
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             now = time.time()
             admitted: list[Scored] = []
             for faust_event in batch:
-                stream._set_current_event(faust_event)  # the Table writes to this event's partition
+                _CURRENT_EVENT.set(weakref.ref(faust_event))
                 message = faust_event.message
                 processed[message.partition] = message.offset
                 try:

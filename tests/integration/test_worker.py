@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 
 
-def test_sessions(n: int, skip: int = 0) -> list[list[int]]:
+def diginetica_sessions(n: int, skip: int = 0) -> list[list[int]]:
     return cases_to_sessions(read_test_tsv(DIGINETICA_TEST))[skip : skip + n]
 
 
@@ -61,7 +61,7 @@ def iso(settings: Settings) -> Settings:
 
 
 def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
-    sessions = test_sessions(120)
+    sessions = diginetica_sessions(120)
     expected = expected_recommendations(scorer, sessions, run="parity")
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=f"{iso.topic_events}-w").start()
     try:
@@ -74,7 +74,7 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
 
 
 def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
-    sessions = test_sessions(300, skip=500)
+    sessions = diginetica_sessions(300, skip=500)
     events = list(session_events(sessions, run="crash"))
     expected = expected_recommendations(scorer, sessions, run="crash")
     app_id = f"{iso.topic_events}-w"
@@ -93,7 +93,7 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
 
 
 def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
-    sessions = test_sessions(300, skip=1000)
+    sessions = diginetica_sessions(300, skip=1000)
     events = list(session_events(sessions, run="scale"))
     expected = expected_recommendations(scorer, sessions, run="scale")
     app_id = f"{iso.topic_events}-w"
@@ -168,6 +168,7 @@ def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: P
     finally:
         worker.stop()
     assert len(dead) == len(bad), f"{len(bad) - len(dead)} bad events did not reach the DLQ"
+    assert all(len(records) == 1 for records in dead.values()), "without a crash, each exactly once"
     reasons = {records[0]["reason"].split(":")[0].split(" ")[0] for records in dead.values()}
     assert len(reasons) >= 5, reasons
     assert all(records[0]["source_topic"] == iso.topic_events for records in dead.values())
