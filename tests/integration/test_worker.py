@@ -85,7 +85,8 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
         assert len(partial) >= len(events) // 4
         worker.kill9()
         asyncio.run(publish(iso, iso.topic_events, events[len(events) // 2 :]))
-        worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1").start()
+        # a fresh local folder: the restarted worker must rebuild every user's state from the changelog
+        worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=240, watch=[worker]))
     finally:
         worker.stop()
