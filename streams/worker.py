@@ -94,12 +94,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         producer_acks=-1,
         web_enabled=False,
         stream_buffer_maxsize=4 * config.batch_max,
+        producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
     )
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    recommendations = app.topic(settings.topic_recommendations, key_serializer="raw", value_type=Recommendation)
-    enriched = app.topic(settings.topic_enriched, key_serializer="raw", value_type=EnrichedEvent)
-    triples = app.topic(settings.topic_triples, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_type=DeadLetter)
     users = app.Table("users", partitions=partitions, key_type=bytes)
     transitions = app.topic(
@@ -140,55 +139,57 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         kafka_ts = message.timestamp / 1000.0 if message.timestamp else now
         return Scored(event, step, now, kafka_ts, message.partition, message.offset)
 
+    async def publish(topic: str, key: bytes, value: bytes) -> None:
+        """Hand one output to faust's producer (flushed before offsets commit) without Record re-encoding."""
+        await app.producer.send(topic, key, value, None, None, None)
+
     async def emit(item: Scored, items: list[str], scores: list[float], scored: bool, score_ms: float) -> None:
         event, step = item.event, item.step
         key = event.user_id.encode()
         now = time.time()
-        await recommendations.send(
-            key=key,
-            value=Recommendation(
-                schema_version=SCHEMA_VERSION,
-                event_id=event.event_id,
-                user_id=event.user_id,
-                session_id=step.session_id,
-                position=step.position,
-                items=items,
-                scores=scores,
-                scored=scored,
-                model_version=model_version,
-                event_ts=event.ts,
-                emitted_at=now,
-                latency_ms={
-                    "queue": 1000.0 * (item.received - item.kafka_ts),
-                    "score": score_ms,
-                    "total": 1000.0 * (now - item.kafka_ts),
-                },
-            ),
+        recommendation = Recommendation(
+            schema_version=SCHEMA_VERSION,
+            event_id=event.event_id,
+            user_id=event.user_id,
+            session_id=step.session_id,
+            position=step.position,
+            items=items,
+            scores=scores,
+            scored=scored,
+            model_version=model_version,
+            event_ts=event.ts,
+            emitted_at=now,
+            latency_ms={
+                "queue": 1000.0 * (item.received - item.kafka_ts),
+                "score": score_ms,
+                "total": 1000.0 * (now - item.kafka_ts),
+            },
         )
-        await enriched.send(
-            key=key,
-            value=EnrichedEvent(
-                schema_version=SCHEMA_VERSION,
-                event_id=event.event_id,
-                user_id=event.user_id,
-                session_id=step.session_id,
-                item_id=event.item_id,
-                ts=event.ts,
-                type=event.type,
-                position=step.position,
-                session_length=step.position + 1,
-                new_session=step.new_session,
-                known_item=bool(scorer.index_of([event.item_id])[0]),
-                interest_weights=None,
-                recommendations=items,
-                context=event.context,
-            ),
+        await publish(settings.topic_recommendations, key, orjson.dumps(recommendation.asdict()))
+        enriched_event = EnrichedEvent(
+            schema_version=SCHEMA_VERSION,
+            event_id=event.event_id,
+            user_id=event.user_id,
+            session_id=step.session_id,
+            item_id=event.item_id,
+            ts=event.ts,
+            type=event.type,
+            position=step.position,
+            session_length=step.position + 1,
+            new_session=step.new_session,
+            known_item=bool(scorer.index_of([event.item_id])[0]),
+            interest_weights=None,
+            recommendations=items,
+            context=event.context,
         )
+        await publish(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
         for fact in event_triples(event, step):
-            await triples.send(key=key, value=fact)
+            await publish(settings.topic_triples, key, fact)
         if step.previous_item is not None:
             transition = {"head": step.previous_item, "tail": event.item_id, "p": item.partition, "o": item.offset}
-            await transitions.send(key=f"{step.previous_item}>{event.item_id}".encode(), value=orjson.dumps(transition))
+            await publish(
+                transitions.get_topic_name(), f"{step.previous_item}>{event.item_id}".encode(), orjson.dumps(transition)
+            )
         metrics.LATENCY.observe(now - item.kafka_ts)
 
     @app.agent(events)
@@ -231,7 +232,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 state = {"count": state["count"] + 1, "hw": {**state["hw"], source: transition["o"]}}
                 next_counts[key] = state
             fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
-            await triples.send(key=key, value=fact.to_json())
+            await publish(settings.topic_triples, key, fact.to_json())
 
     processed: dict[int, int] = {}
 
