@@ -49,6 +49,7 @@ log = logging.getLogger("igrec.worker")
 # task, so the agent sets it for each event of the batch here. (``Stream._set_current_event`` must not be
 # used: it also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
+SCORE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         internal=True,
     )
     next_counts = app.Table("next-counts", partitions=partitions, key_type=bytes)
-    scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads)
+    scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads, spin=False)
     model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer")
 
@@ -209,13 +210,18 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
             if not admitted:
                 continue
-            began = time.perf_counter()
-            results = await loop.run_in_executor(executor, score_batch, scorer, [a.step for a in admitted])
-            score_ms = 1000.0 * (time.perf_counter() - began)
             metrics.BATCH.observe(len(admitted))
-            metrics.SCORE_SECONDS.observe(score_ms / 1000.0)
-            for item, (items, scores, scored) in zip(admitted, results, strict=True):
-                await emit(item, items, scores, scored, score_ms)
+            # Scored in chunks: the scoring thread works on chunk i + 1 while this loop emits chunk i, so
+            # both cores are busy; the batch is still acknowledged only after all of it was emitted.
+            began = time.perf_counter()
+            chunks = [admitted[i : i + SCORE_CHUNK] for i in range(0, len(admitted), SCORE_CHUNK)]
+            pending = [loop.run_in_executor(executor, score_batch, scorer, [a.step for a in chunk]) for chunk in chunks]
+            for chunk, future in zip(chunks, pending, strict=True):
+                results = await future
+                score_ms = 1000.0 * (time.perf_counter() - began)
+                for item, (items, scores, scored) in zip(chunk, results, strict=True):
+                    await emit(item, items, scores, scored, score_ms)
+            metrics.SCORE_SECONDS.observe(time.perf_counter() - began)
             metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
 
     @app.agent(transitions)
