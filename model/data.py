@@ -338,15 +338,19 @@ def preprocess_clicks(clicks: Clicks, test_days: float, *, min_item_count: int =
 
 def load_raw(path: str | Path, fmt: str, **kwargs) -> SessionSplit:
     """Read and preprocess a raw log. ``fmt``: ``diginetica`` (7 test days), ``yoochoose`` (1 test day)
-    or ``csv`` (named columns via ``kwargs``: item, time, session, user, delimiter; ``test_days``)."""
+    or ``csv`` (named columns via ``kwargs``: item, time, session, user, delimiter). Also accepts
+    ``test_days`` and ``train_fraction`` (1/64 for Yoochoose 1/64), see :func:`preprocess_clicks`."""
     test_days = kwargs.pop("test_days", None)
+    fraction = kwargs.pop("train_fraction", 1.0)
     if fmt == "diginetica":
-        return preprocess_clicks(read_diginetica_clicks(path), test_days or 7, name="diginetica-raw")
-    if fmt == "yoochoose":
-        return preprocess_clicks(read_yoochoose_clicks(path), test_days or 1, name="yoochoose-raw")
-    if fmt == "csv":
-        return preprocess_clicks(read_csv_clicks(path, **kwargs), test_days or 1, name=Path(path).stem)
-    raise ValueError(f"unknown raw format {fmt!r}")
+        clicks, days, name = read_diginetica_clicks(path), test_days or 7, "diginetica-raw"
+    elif fmt == "yoochoose":
+        clicks, days, name = read_yoochoose_clicks(path), test_days or 1, "yoochoose-raw"
+    elif fmt == "csv":
+        clicks, days, name = read_csv_clicks(path, **kwargs), test_days or 1, Path(path).stem
+    else:
+        raise ValueError(f"unknown raw format {fmt!r}")
+    return preprocess_clicks(clicks, days, name=name, train_fraction=fraction)
 
 
 def split_validation(sessions: Sequence[Sequence[int]], fraction: float) -> tuple[list, list]:
