@@ -41,8 +41,12 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """``HR@K``, ``MRR@K``, ``NDCG@K`` in percent from 1-based ranks."""
-    ranks = np.asarray(ranks, dtype=np.float64)
+    """``HR@K``, ``MRR@K``, ``NDCG@K`` in percent from 1-based ranks.
+
+    The ranks are sorted first, so the result depends only on which ranks there are, not on their order:
+    a stream evaluation that meets the cases in another order gives bit-identical numbers.
+    """
+    ranks = np.sort(np.asarray(ranks, dtype=np.float64))
     out: dict[str, float] = {}
     n = max(ranks.size, 1)
     for k in ks:

@@ -42,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="start the stack and run a real round trip: dataset sessions -> Kafka -> Neo4j",
-        description="Starts the local stack, publishes real test sessions of a dataset split as click events to "
-        "Kafka, consumes them back, writes users, sessions and clicks to Neo4j, and prints what it wrote.",
+        help="the whole system on a public split: train, export, worker, replay, metrics, knowledge graph",
+        description="Starts the local stack, trains a small model on the Diginetica split, exports and parity-checks "
+        "it, starts the worker and the Neo4j sink, replays test sessions with live progress, prints stream metrics "
+        "next to the offline metrics of the same artefact (they must be equal), and shows the knowledge graph.",
     )
     demo.add_argument("--dataset", default=None, help="split folder (default: ../shared/data/diginetica/srgnn_split)")
-    demo.add_argument("--sessions", type=int, default=200, help="how many test sessions to publish")
+    demo.add_argument("--sessions", type=int, default=2000, help="test sessions to replay")
+    demo.add_argument("--train-cases", type=int, default=150_000, help="training cases for the one epoch")
+    demo.add_argument("--artefact", default=None, help="use this exported artefact instead of training one")
     demo.set_defaults(func=_demo)
 
     worker = commands.add_parser(
@@ -201,7 +204,13 @@ def _stack(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
-    return run_demo(args.settings, dataset=args.dataset, n_sessions=args.sessions)
+    return run_demo(
+        args.settings,
+        dataset=args.dataset,
+        n_sessions=args.sessions,
+        train_cases=args.train_cases,
+        artefact=args.artefact,
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:

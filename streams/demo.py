@@ -1,103 +1,252 @@
-"""``igrec demo``: the local stack and a real round trip, dataset sessions -> Kafka -> Neo4j.
+"""``igrec demo``: the whole system on a public split, from a fresh machine, in a few minutes.
 
-Until the scoring worker exists this is the whole pipeline there is: it proves on a fresh machine that
-Kafka and Neo4j run, that events flow through a real topic keyed by user, and that the knowledge graph is
-written idempotently (the demo writes its clicks twice and checks that nothing doubled).
+1. the local stack (Kafka + Neo4j);
+2. a small but real model trained on the Diginetica split (a slice of the training cases, one epoch);
+3. its ONNX artefact, parity-checked against PyTorch;
+4. the worker and the Neo4j sink, as the processes a deployment would run;
+5. test sessions replayed click by click, with live progress;
+6. stream metrics (recommendation t vs click t + 1) next to the offline metrics of the same artefact on the
+   same sessions, which must be equal;
+7. the knowledge graph the stream wrote: counts and a picture, and where to look.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from deploy import stack
 from model.data import read_test_tsv
-from streams import neo4j_sink
+from model.metrics import metrics_from_ranks, ranks_from_top_k
+from streams.evaluate_stream import stream_metrics
 from streams.replay import cases_to_sessions, publish, session_events
 from streams.settings import ROOT, Settings
-from streams.topics import ensure_topics
-from streams.triples import Triple, edge
+from streams.topics import ensure_topics, partition_count
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split"
 
 
-async def _round_trip(settings: Settings, events: list[dict]) -> list[dict]:
-    """Publish ``events`` to the events topic and read exactly them back (from the offsets before publishing)."""
-    topic = settings.topic_events
-    partitions = (await ensure_topics(settings))[topic]
-    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
+def _say(step: int, text: str) -> None:
+    print(f"\n[{step}/7] {text}", flush=True)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    """An ``igrec`` subcommand in its own process, output to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", *args],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
+
+
+def _train(dataset: Path, out: Path, train_cases: int) -> dict:
+    from model.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=str(dataset),
+        out=str(out),
+        epochs=1,
+        max_train_cases=train_cases,
+        batch_size=256,
+        lr=3e-3,
+        test_each_epoch=False,
+        model={"dim": 64},
+    )
+    return train(config)
+
+
+def _export(checkpoint: Path, dataset: Path, out: Path) -> tuple[Path, str]:
+    from export.exporter import ExportOptions, build_artefact
+
+    folder, report = build_artefact(
+        ExportOptions(checkpoint=str(checkpoint), out=str(out), data=str(dataset), parity_cases=3000, force=True)
+    )
+    return folder, report.summary()
+
+
+def _offline_metrics(artefact: Path, sessions: list[list[int]]) -> dict[str, float]:
+    """The artefact on every (prefix -> next click) of ``sessions``, ranked as the stream evaluation ranks."""
+    from export.scorer import Scorer
+
+    scorer = Scorer(artefact, spin=False)
+    prefixes = [s[:i] for s in sessions for i in range(1, len(s))]
+    targets = np.array([s[i] for s in sessions for i in range(1, len(s))], dtype=np.int64)
+    ranks = []
+    for begin in range(0, len(prefixes), 256):
+        top, scores = scorer.recommend_sessions(prefixes[begin : begin + 256])
+        ranks.append(ranks_from_top_k(top, scores, targets[begin : begin + 256]))
+    metrics = metrics_from_ranks(np.concatenate(ranks))
+    metrics["cases"] = float(len(prefixes))
+    return metrics
+
+
+async def _end_offsets(settings: Settings, topic: str) -> dict:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs())
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        for tp, offset in (await consumer.end_offsets(tps)).items():
-            consumer.seek(tp, offset)
-        await publish(settings, topic, events)
-        print(f"published {len(events)} click events to {topic} (key = user id, {len(tps)} partitions)")
-        received: list[dict] = []
-        with tqdm(total=len(events), desc=f"consume {topic}", unit="ev") as bar:
-            while len(received) < len(events):
-                batch = await consumer.getmany(timeout_ms=10_000)
-                if not batch:
-                    raise RuntimeError(f"only {len(received)} of {len(events)} events came back within 10 s")
-                for messages in batch.values():
-                    received.extend(orjson.loads(m.value) for m in messages)
-                    bar.update(len(messages))
-        return received
+        tps = [TopicPartition(topic, p) for p in range(await partition_count(settings, topic))]
+        return await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
 
 
-def _click_triples(events: list[dict]) -> list[Triple]:
-    """HAD and CLICKED {pos, ts} facts; a click's position is its rank by time within its session."""
-    triples = []
-    for session_id in sorted({e["session_id"] for e in events}):
-        clicks = sorted((e for e in events if e["session_id"] == session_id), key=lambda e: e["ts"])
-        triples.append(edge(("User", clicks[0]["user_id"]), "HAD", ("Session", session_id)))
-        triples.extend(
-            edge(("Session", session_id), "CLICKED", ("Item", e["item_id"]), pos=pos, ts=e["ts"])
-            for pos, e in enumerate(clicks)
-        )
-    return triples
+async def _wait_for_run(
+    settings: Settings, start: dict, run: str, want: int, processes: list[subprocess.Popen], timeout: float
+) -> None:
+    """Progress until the recommendations topic, read from ``start``, holds ``want`` events of ``run``."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
+    await consumer.start()
+    seen: set[str] = set()
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        with tqdm(total=want, desc="recommendations", unit="rec") as bar:
+            while len(seen) < want:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise RuntimeError(f"only {len(seen)} of {want} recommendations after {timeout:.0f} s (see logs)")
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    seen.update(e for m in messages if (e := orjson.loads(m.value)["event_id"]).startswith(run))
+                bar.update(len(seen) - bar.n)
+    finally:
+        await consumer.stop()
 
 
-def run_demo(settings: Settings, dataset: str | None, n_sessions: int) -> int:
+def run_demo(
+    settings: Settings, dataset: str | None, n_sessions: int, train_cases: int = 150_000, artefact: str | None = None
+) -> int:
     began = time.monotonic()
     folder = Path(dataset) if dataset else DEFAULT_DATASET
-    print(f"igrec demo: local stack, then {n_sessions} real test sessions of {folder} -> Kafka -> Neo4j\n")
+    work = settings.state_dir / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"igrec demo on {folder}; work folder {work}")
+
+    _say(1, "local Kafka + Neo4j")
     stack.up(settings)
+    asyncio.run(ensure_topics(settings))
 
-    sessions = cases_to_sessions(read_test_tsv(folder / "test.tsv"))[:n_sessions]
-    run = f"demo{int(time.time())}"
-    events = list(session_events(sessions, run=run))
-    received = asyncio.run(_round_trip(settings, events))
-    if sorted(received, key=lambda e: e["event_id"]) != sorted(events, key=lambda e: e["event_id"]):
-        print("FAILED: the events read back from Kafka differ from those published")
-        return 1
-    print(f"consumed all {len(received)} events back, none lost or altered")
+    if artefact is None:
+        _say(2, f"training a small IGRec (dim 64, 1 epoch on {train_cases:,} training cases) on {folder.name}")
+        test = _train(folder, work / "run", train_cases)["test"]
+        print(
+            f"offline test (PyTorch, all {int(test['cases']):,} test cases): HR@20 {test['HR@20']:.2f} "
+            f"MRR@20 {test['MRR@20']:.2f}"
+        )
+        _say(3, "exporting the ONNX artefact and checking parity with PyTorch")
+        model, parity = _export(work / "run" / "best.pt", folder, work / "artefact")
+        print(f"{model}: {parity}")
+    else:
+        model = Path(artefact)
+        _say(2, f"training skipped: using the artefact {model}")
+        _say(3, "export skipped")
 
-    triples = _click_triples(received)
-    with neo4j_sink.connect(settings) as driver:
-        neo4j_sink.ensure_schema(driver, settings.neo4j_database)
-        neo4j_sink.write_triples(driver, settings.neo4j_database, triples)
-        once = neo4j_sink.counts(driver, settings.neo4j_database)
-        neo4j_sink.write_triples(driver, settings.neo4j_database, triples)
-        twice = neo4j_sink.counts(driver, settings.neo4j_database)
-    if once != twice:
-        print(f"FAILED: writing the same clicks twice changed the graph: {once} -> {twice}")
-        return 1
-    print("wrote users, sessions, items and clicks to Neo4j twice; the second write changed nothing")
-    print("Neo4j now holds: " + ", ".join(f"{name} {n}" for name, n in once.items() if n))
+    _say(4, "starting the worker and the Neo4j sink")
+    logs = {name: work / f"{name}.log" for name in ("worker", "sink")}
+    processes = [
+        _spawn(["worker", "--artefact", str(model), "--metrics-port", "0"], logs["worker"]),
+        _spawn(["sink"], logs["sink"]),
+    ]
+    try:
+        sessions = cases_to_sessions(read_test_tsv(folder / "test.tsv"))[:n_sessions]
+        run = f"demo{int(time.time())}"
+        events = list(session_events(sessions, run=run))
+        _say(5, f"replaying {len(sessions):,} test sessions ({len(events):,} clicks) into {settings.topic_events}")
+        start = asyncio.run(_end_offsets(settings, settings.topic_recommendations))
+        asyncio.run(publish(settings, settings.topic_events, events, desc="replay"))
+        asyncio.run(_wait_for_run(settings, start, run, len(events), processes, timeout=900))
+
+        _say(6, "stream metrics (recommendation for click t vs click t+1) and offline metrics, same artefact")
+        streamed = asyncio.run(stream_metrics(settings, run=run))
+        offline = _offline_metrics(model, sessions)
+        print(f"{'':8} {'cases':>7} " + " ".join(f"{k:>8}" for k in ("HR@10", "MRR@10", "HR@20", "MRR@20")))
+        for name, m in (("stream", streamed), ("offline", offline)):
+            print(
+                f"{name:8} {int(m['cases']):>7} "
+                + " ".join(f"{m[k]:>8.2f}" for k in ("HR@10", "MRR@10", "HR@20", "MRR@20"))
+            )
+        equal = all(abs(streamed[k] - offline[k]) < 1e-9 for k in offline)
+        print("equal: yes" if equal else "equal: NO - the stream disagrees with the offline evaluation")
+
+        _say(7, "the knowledge graph the stream wrote to Neo4j")
+        return _show_graph(settings, work, processes, began) if equal else 1
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def _show_graph(settings: Settings, work: Path, processes: list[subprocess.Popen], began: float) -> int:
+    from streams.kg import draw, neighbourhood
+    from streams.neo4j_sink import connect, counts
+
+    asyncio.run(_drain_sink(settings, processes))
+    with connect(settings) as driver:
+        totals = counts(driver, settings.neo4j_database)
+        records, _, _ = driver.execute_query(
+            "MATCH (:Session)-[:CLICKED]->(i:Item) RETURN i.id AS id, count(*) AS n ORDER BY n DESC LIMIT 1",
+            database_=settings.neo4j_database,
+        )
+        top_item = records[0]["id"]
+        picture = draw(
+            neighbourhood(driver, settings.neo4j_database, "Item", top_item, hops=1, limit=25),
+            work / "kg_top_item.png",
+            title=f"most clicked item {top_item} and its neighbours",
+        )
+    print("Neo4j now holds: " + ", ".join(f"{name} {n:,}" for name, n in totals.items()))
+    print(f"picture of the most clicked item's neighbourhood: {picture}")
     print(
-        f"\nlook: Neo4j at {settings.neo4j_url} (user {settings.neo4j_user}, password in "
-        f"{settings.neo4j_password_file}), e.g.\n"
-        f"  MATCH (u:User)-[:HAD]->(s)-[c:CLICKED]->(i) WHERE u.id STARTS WITH '{run}' RETURN u, s, c, i LIMIT 50\n"
-        f"stop the stack with: .venv/bin/igrec stack down\n"
-        f"demo finished in {time.monotonic() - began:.0f} s"
+        f"\nwhere to look:\n"
+        f"  Neo4j  {settings.neo4j_url}  user {settings.neo4j_user}, password in {settings.neo4j_password_file}\n"
+        f"         e.g. MATCH (i:Item {{id: '{top_item}'}})-[r:NEXT]->(j) RETURN i, r, j ORDER BY r.count DESC\n"
+        f"  Kafka  {settings.bootstrap_servers}  topics {', '.join(settings.topics.values())}\n"
+        f"  logs   {work}/worker.log, {work}/sink.log\n"
+        f"  more   .venv/bin/igrec kg summary | kg neighbourhood Item {top_item} --png x.png | stream-eval\n"
+        f"  stop   .venv/bin/igrec stack down\n"
+        f"\ndemo finished in {time.monotonic() - began:.0f} s"
     )
     return 0
+
+
+async def _drain_sink(settings: Settings, processes: list[subprocess.Popen], timeout: float = 300) -> None:
+    """Wait until the sink's consumer group has committed the end of the triples topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.neo4j_sink import SINK_GROUP
+
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), group_id=SINK_GROUP, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(settings.topic_triples, p)
+            for p in range(await partition_count(settings, settings.topic_triples))
+        ]
+        deadline = time.monotonic() + timeout
+        await asyncio.sleep(3.0)
+        ends = await consumer.end_offsets(tps)
+        with tqdm(total=sum(ends.values()), desc="sink -> Neo4j", unit="triple") as bar:
+            while True:
+                done = sum([await consumer.committed(tp) or 0 for tp in tps])
+                bar.update(done - bar.n)
+                if done >= sum(ends.values()):
+                    return
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise RuntimeError("the sink did not catch up (see sink.log)")
+                await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()

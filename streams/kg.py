@@ -90,7 +90,8 @@ class Subgraph:
 def neighbourhood(
     driver: Driver, database: str, label: str, node_id: str, hops: int = 1, limit: int = 30, per_neighbour: int = 4
 ) -> Subgraph:
-    """One node, up to ``limit`` of its neighbours, and (``hops`` = 2) up to ``per_neighbour`` of theirs.
+    """One node, up to ``limit`` of its neighbours (relationship types in reverse alphabetical order, so item
+    links such as NEXT and RELATED come before clicks), and (``hops`` = 2) up to ``per_neighbour`` of theirs.
 
     Fetching hop by hop keeps every direct neighbour in the picture instead of whichever long paths a
     single variable-length match happens to return first. The centre is the first node of the result.
@@ -101,7 +102,7 @@ def neighbourhood(
         raise ValueError("hops must be 1 or 2")
     records, _, _ = driver.execute_query(
         f"MATCH (n:{label} {{id: $id}}) "
-        "OPTIONAL MATCH (n)-[r]-(m) WITH n, r, m LIMIT $limit "
+        "OPTIONAL MATCH (n)-[r]-(m) WITH n, r, m ORDER BY type(r) DESC LIMIT $limit "
         "OPTIONAL MATCH (m)-[r2]-(k) WHERE $hops = 2 AND k <> n "
         "WITH n, r, m, collect([r2, k])[..$per] AS far "
         "RETURN n, r, m, far",
@@ -207,10 +208,11 @@ def draw(graph: Subgraph, path: str | Path, title: str = "", seed: int = 0) -> P
     keys = list(graph.nodes)
     position = _spring_layout(len(keys), [(keys.index(h), keys.index(t)) for h, _, _, t in graph.rels], seed)
     fig, ax = plt.subplots(figsize=(11, 8), dpi=110)
-    for head, rel, _, tail in graph.rels:
+    for head, rel, props, tail in graph.rels:
         (x0, y0), (x1, y1) = position[keys.index(head)], position[keys.index(tail)]
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "#999", "lw": 0.8})
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2, rel, fontsize=6, color="#666", ha="center")
+        label = f"{rel} {props['count']}" if "count" in props else rel
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2, label, fontsize=6, color="#666", ha="center")
     for index, key in enumerate(keys):
         label, node_id, _ = graph.nodes[key]
         centre = index == 0

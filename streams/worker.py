@@ -84,6 +84,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     from export.scorer import Scorer
 
     data_dir = config.data_dir or settings.state_dir / "worker" / config.app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         config.app_id,
         **settings.faust_broker(),

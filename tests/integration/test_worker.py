@@ -10,7 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from model.data import read_test_tsv
+from model.data import read_test_tsv, sessions_to_cases
+from model.metrics import metrics_from_ranks, ranks_from_top_k
+from streams.evaluate_stream import stream_metrics
 from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
@@ -71,6 +73,15 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
         worker.stop()
     assert_same_recommendations(got, expected)
     assert all(r["scored"] for records in got.values() for r in records)
+
+    streamed = asyncio.run(stream_metrics(iso, run="parity"))
+    cases = sessions_to_cases(sessions)
+    top, scores = scorer.recommend_sessions(
+        [cases.flat[s : s + n].tolist() for s, n in zip(cases.start, cases.length, strict=True)]
+    )
+    offline = metrics_from_ranks(ranks_from_top_k(top, scores, cases.target))
+    assert streamed["cases"] == len(cases)
+    assert {k: streamed[k] for k in offline} == offline, "stream evaluation must equal offline evaluation exactly"
 
 
 def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
