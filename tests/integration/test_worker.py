@@ -12,7 +12,7 @@ import pytest
 
 from model.data import read_test_tsv, sessions_to_cases
 from model.metrics import metrics_from_ranks, ranks_from_top_k
-from streams.evaluate_stream import stream_metrics
+from streams.evaluate_stream import ab_test, stream_metrics
 from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
@@ -82,6 +82,11 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
     offline = metrics_from_ranks(ranks_from_top_k(top, scores, cases.target))
     assert streamed["cases"] == len(cases)
     assert {k: streamed[k] for k in offline} == offline, "stream evaluation must equal offline evaluation exactly"
+
+    plot = tmp_path / "ab.png"
+    ab = asyncio.run(ab_test(iso, artefact, artefact, plot))
+    assert ab["A"] == ab["B"] == streamed, "re-scoring the recorded events reproduces what the worker served"
+    assert all(diff == 0 for diff in ab["B-A"].values()) and plot.stat().st_size > 10_000
 
 
 def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
