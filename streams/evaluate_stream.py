@@ -114,7 +114,6 @@ async def stream_metrics(settings: Settings, run: str | None = None) -> dict[str
 def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 256) -> list[dict]:
     """Recommendations for recorded raw events, through the worker's validation, state and scoring code."""
     from export.scorer import Scorer
-
     from streams.state import SessionPolicy, apply_event
     from streams.validate import EventError, parse_event
     from streams.worker import score_batch
