@@ -85,6 +85,21 @@ class DeadLetter(_Record):
     received_at: float
 
 
+def decode_message(raw: bytes | None, error: type[ValueError]) -> dict[str, Any]:
+    """The JSON object of one message at this ``SCHEMA_VERSION``; else raises ``error`` with the reason."""
+    if raw is None:
+        raise error("empty message (tombstone)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as decode_error:
+        raise error(f"not JSON: {decode_error}") from None
+    if not isinstance(data, dict):
+        raise error(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise error(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+    return data
+
+
 TOPIC_RECORDS: dict[str, type[_Record]] = {
     "events": Event,
     "recommendations": Recommendation,

@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = 1
+from streams.records import SCHEMA_VERSION, decode_message
+
 NODE_LABELS = ("User", "Session", "Item", "Category", "Keyword", "Entity", "Interest")
 
 
@@ -92,16 +93,7 @@ def edge(head: tuple[str, str | int], rel: str, tail: tuple[str, str | int], **p
 
 def parse(raw: bytes | None) -> Triple:
     """Decode and validate one message; raises :class:`TripleError` with the reason."""
-    if raw is None:
-        raise TripleError("empty message (tombstone)")
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise TripleError(f"not JSON: {error}") from None
-    if not isinstance(message, dict):
-        raise TripleError(f"expected a JSON object, got {type(message).__name__}")
-    if message.get("schema_version") != SCHEMA_VERSION:
-        raise TripleError(f"schema_version must be {SCHEMA_VERSION}, got {message.get('schema_version')!r}")
+    message = decode_message(raw, TripleError)
     head_label, head_id, head_props = _endpoint(message.get("head"), "head")
     rel = message.get("rel")
     if rel is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from streams.records import SCHEMA_VERSION, Event
+from streams.records import SCHEMA_VERSION, Event, decode_message
 
 MIN_TS = 946_684_800.0  # 2000-01-01: older timestamps are unit mistakes (ms vs s) or garbage
 MAX_FUTURE_S = 86_400.0
@@ -33,18 +33,9 @@ def parse_event(raw: bytes | None, key: bytes | None, now: float) -> Event:
     a ``context`` that is not an object or is over 4 KiB; a message key that differs from ``user_id``
     (the key decides the partition, and a user's state lives on one partition).
     """
-    if raw is None:
-        raise EventError("empty message (tombstone)")
-    if len(raw) > MAX_MESSAGE_BYTES:
+    if raw is not None and len(raw) > MAX_MESSAGE_BYTES:
         raise EventError(f"message of {len(raw)} bytes; at most {MAX_MESSAGE_BYTES}")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise EventError(f"not JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise EventError(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise EventError(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+    data = decode_message(raw, EventError)
     event_id = _identifier(data, "event_id")
     user_id = _identifier(data, "user_id")
     item_id = _identifier(data, "item_id", allow_int=True)
