@@ -101,7 +101,6 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     )
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_type=DeadLetter)
     users = app.Table("users", partitions=partitions, key_type=bytes)
     transitions = app.topic(
         f"{config.app_id}-transitions",
@@ -117,19 +116,17 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     async def dead_letter(message: Any, reason: str) -> None:
         metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
-        await dlq.send(
-            key=message.key,
-            value=DeadLetter(
-                schema_version=SCHEMA_VERSION,
-                reason=reason,
-                source_topic=message.topic,
-                source_partition=message.partition,
-                source_offset=message.offset,
-                key=message.key.decode(errors="replace") if message.key is not None else None,
-                value=message.value.decode(errors="replace") if message.value is not None else None,
-                received_at=time.time(),
-            ),
+        record = DeadLetter(
+            schema_version=SCHEMA_VERSION,
+            reason=reason,
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            key=message.key.decode(errors="replace") if message.key is not None else None,
+            value=message.value.decode(errors="replace") if message.value is not None else None,
+            received_at=time.time(),
         )
+        await publish(settings.topic_dlq, message.key, orjson.dumps(record.asdict()))
 
     def admit(message: Any, now: float) -> Scored:
         """Validate ``message`` and apply it to its user's state; raises EventError / OversizedSession."""
@@ -141,7 +138,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         kafka_ts = message.timestamp / 1000.0 if message.timestamp else now
         return Scored(event, step, now, kafka_ts, message.partition, message.offset)
 
-    async def publish(topic: str, key: bytes, value: bytes) -> None:
+    async def publish(topic: str, key: bytes | None, value: bytes) -> None:
         """Hand one output to faust's producer (flushed before offsets commit) without Record re-encoding."""
         await app.producer.send(topic, key, value, None, None, None)
 
