@@ -50,13 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'batch':>6} {'graphs/s':>12} {'ms/batch':>10} {'graphs/s +hist':>15} {'ms/batch +hist':>15}")
     for size in (1, 32, 256):
         order = rng.permutation(len(prefixes))
-        batches = [[prefixes[j] for j in order[k : k + size]] for k in range(0, min(len(order), 2000 * size),
-                                                                          size)]
+        batches = [[prefixes[j] for j in order[k : k + size]] for k in range(0, min(len(order), 2000 * size), size)]
         histories = [[[prefixes[j] for j in rng.integers(0, len(prefixes), 3)] for _ in b] for b in batches]
         rate, ms = _rate(lambda b: build_session_graphs(b, args.max_len), batches, args.seconds, size)
         pairs = list(zip(batches, histories, strict=True))
-        rate_h, ms_h = _rate(lambda p: (build_session_graphs(p[0], args.max_len),
-                                        build_history_graphs(p[1], args.max_len)), pairs, args.seconds, size)
+        rate_h, ms_h = _rate(
+            lambda p: (build_session_graphs(p[0], args.max_len), build_history_graphs(p[1], args.max_len)),
+            pairs,
+            args.seconds,
+            size,
+        )
         print(f"{size:>6} {rate:>12,.0f} {ms:>10.3f} {rate_h:>15,.0f} {ms_h:>15.3f}")
 
 

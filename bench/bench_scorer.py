@@ -47,8 +47,14 @@ def random_checkpoint(path: Path, data: Path, seed: int) -> None:
     net = build_network(config)
     graph = build_global_graph(split.train, config.n_items, config.global_neighbors)
     net.set_global_graph(graph.neighbors, graph.weights)
-    torch.save({"model": net.state_dict(), "config": config.to_dict(),
-                "train": {"data": str(data), "max_len": config.max_len}}, path)
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "config": config.to_dict(),
+            "train": {"data": str(data), "max_len": config.max_len},
+        },
+        path,
+    )
 
 
 def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, seed: int) -> list:
@@ -58,8 +64,10 @@ def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, se
 
     cases = read_test_tsv(data / "test.tsv")
     rng = np.random.default_rng(seed + size)
-    return [build_session_graphs(cases.padded(rng.choice(len(cases), size, replace=False), max_len), binary=binary)
-            for _ in range(count)]
+    return [
+        build_session_graphs(cases.padded(rng.choice(len(cases), size, replace=False), max_len), binary=binary)
+        for _ in range(count)
+    ]
 
 
 def torch_runner(net, k: int, bucket: bool):
@@ -109,8 +117,12 @@ def measure(runners: dict, graphs_list: list, iterations: int) -> dict:
     return {"times": times, "differing": differing, "compared": cases}
 
 
-BASELINE = {"torch": "torch", "torch + buckets": "torch + buckets", "onnxruntime": "torch",
-            "onnxruntime + buckets": "torch + buckets"}
+BASELINE = {
+    "torch": "torch",
+    "torch + buckets": "torch + buckets",
+    "onnxruntime": "torch",
+    "onnxruntime + buckets": "torch + buckets",
+}
 """The PyTorch row each runtime's ratio is taken against: the same batching, so the ratio is the runtime's."""
 
 
@@ -118,9 +130,13 @@ def summarise(size: int, result: dict) -> dict:
     row: dict = {"batch": size, "top20_compared": result["compared"]}
     for name, t in result["times"].items():
         arr = np.asarray(t)
-        row[name] = {"p50_ms": 1000 * float(np.percentile(arr, 50)), "p99_ms": 1000 * float(np.percentile(arr, 99)),
-                     "sessions_per_s": size * len(arr) / float(arr.sum()), "runs": len(arr),
-                     "top20_differing": result["differing"][name]}
+        row[name] = {
+            "p50_ms": 1000 * float(np.percentile(arr, 50)),
+            "p99_ms": 1000 * float(np.percentile(arr, 99)),
+            "sessions_per_s": size * len(arr) / float(arr.sum()),
+            "runs": len(arr),
+            "top20_differing": result["differing"][name],
+        }
     for name in result["times"]:
         row[name]["speedup"] = row[name]["sessions_per_s"] / row[BASELINE[name]]["sessions_per_s"]
     return row
@@ -128,8 +144,10 @@ def summarise(size: int, result: dict) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     """One line per (batch, runtime): latency percentiles, throughput, ratio to torch, top-20 mismatches."""
-    head = (f"{'batch':>5}  {'runtime':<22} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>10} {'x torch':>8} "
-            f"{'top-20 differ':>14}")
+    head = (
+        f"{'batch':>5}  {'runtime':<22} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>10} {'x torch':>8} "
+        f"{'top-20 differ':>14}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -137,8 +155,10 @@ def print_table(rows: list[dict]) -> None:
             m = r[name]
             ratio = f"{m['speedup']:.2f}x"
             differ = f"{m['top20_differing']} / {r['top20_compared']}" if name != "torch" else "reference"
-            print(f"{r['batch']:>5}  {name:<22} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['sessions_per_s']:>10.0f} "
-                  f"{ratio:>8} {differ:>14}")
+            print(
+                f"{r['batch']:>5}  {name:<22} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['sessions_per_s']:>10.0f} "
+                f"{ratio:>8} {differ:>14}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,21 +189,31 @@ def main(argv: list[str] | None = None) -> None:
             random_checkpoint(checkpoint, args.data, args.seed)
         artefact = args.artefact
         if artefact is None:
-            artefact, report = build_artefact(ExportOptions(checkpoint=str(checkpoint), out=str(Path(tmp) / "art"),
-                                                            data=str(args.data), parity_cases=2000,
-                                                            threads=args.threads))
+            artefact, report = build_artefact(
+                ExportOptions(
+                    checkpoint=str(checkpoint),
+                    out=str(Path(tmp) / "art"),
+                    data=str(args.data),
+                    parity_cases=2000,
+                    threads=args.threads,
+                )
+            )
             print(report.summary())
         net, _ = load_network(checkpoint)
         plain = Scorer(artefact, providers="cpu", threads=args.threads, spin=args.spin, bucket=False)
         scorer = Scorer(artefact, providers="cpu", threads=args.threads, spin=args.spin)
-        runners = {"torch": torch_runner(net, scorer.k, bucket=False),
-                   "torch + buckets": torch_runner(net, scorer.k, bucket=True),
-                   "onnxruntime": lambda g: plain.recommend(g)[0],
-                   "onnxruntime + buckets": lambda g: scorer.recommend(g)[0]}
+        runners = {
+            "torch": torch_runner(net, scorer.k, bucket=False),
+            "torch + buckets": torch_runner(net, scorer.k, bucket=True),
+            "onnxruntime": lambda g: plain.recommend(g)[0],
+            "onnxruntime + buckets": lambda g: scorer.recommend(g)[0],
+        }
         graphs = scorer.card["graphs"]
-        print(f"model: {checkpoint} ({scorer.n_items:,} items, dim {net.config.dim}, interests "
-              f"{net.config.interests}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}")
+        print(
+            f"model: {checkpoint} ({scorer.n_items:,} items, dim {net.config.dim}, interests "
+            f"{net.config.interests}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}"
+        )
         print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
         rows = []
         for size in (int(b) for b in args.batches.split(",")):
@@ -193,8 +223,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
         print_table(rows)
         if args.json:
-            args.json.write_text(json.dumps({"rows": rows, "load_after": os.getloadavg(), "threads": args.threads,
-                                             "checkpoint": str(checkpoint)}, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "load_after": os.getloadavg(),
+                        "threads": args.threads,
+                        "checkpoint": str(checkpoint),
+                    },
+                    indent=2,
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -95,15 +95,7 @@ async def run_phase(
 
 
 def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subprocess.Popen:
-    env = (
-        os.environ
-        | {f"IGREC_TOPIC_{role.upper()}": name for role, name in settings.topics.items()}
-        | {
-            "IGREC_STATE_DIR": str(settings.state_dir),
-            "IGREC_KAFKA_PORT": str(settings.kafka_port),
-            "IGREC_NEO4J_PORT": str(settings.neo4j_port),
-        }
-    )
+    env = os.environ | settings.to_env()
     log = (workdir / "worker.log").open("wb")
     command = [
         sys.executable,

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -27,6 +28,7 @@ from streams.topics import ensure_topics
 from streams.triples import NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
 
 log = logging.getLogger("igrec.sink")
+T = TypeVar("T")
 RETRYABLE = (ServiceUnavailable, SessionExpired, TransientError, ConnectionError, OSError)
 SINK_GROUP = "igrec-neo4j-sink"
 
@@ -105,27 +107,32 @@ def write_triples(driver: Driver, database: str, triples: Sequence[Triple]) -> N
         session.execute_write(_run_all, statements(triples))
 
 
-def write_with_backoff(
-    driver: Driver,
-    database: str,
-    triples: Sequence[Triple],
-    *,
-    max_wait: float = 10.0,
-    give_up_after: float | None = None,
-) -> int:
-    """``write_triples``, retried with exponential backoff while Neo4j is unreachable; returns the retries."""
-    delay, retries, began = 0.5, 0, time.monotonic()
+def with_backoff(call: Callable[[], T], what: str, give_up_after: float | None = None, max_wait: float = 10.0) -> T:
+    """``call()``, retried with exponential backoff (0.5 s doubling up to ``max_wait``) while Neo4j is
+    unreachable; gives up (re-raises) after ``give_up_after`` seconds, or never when it is None."""
+    delay, began = 0.5, time.monotonic()
     while True:
         try:
-            write_triples(driver, database, triples)
-            return retries
+            return call()
         except RETRYABLE as error:
             if give_up_after is not None and time.monotonic() - began > give_up_after:
                 raise
-            retries += 1
-            log.warning("Neo4j write failed (%s); retry %d in %.1f s", type(error).__name__, retries, delay)
+            log.warning("%s failed (%s); retrying in %.1f s", what, type(error).__name__, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_wait)
+
+
+def write_with_backoff(driver: Driver, database: str, triples: Sequence[Triple]) -> int:
+    """``write_triples``, retried until Neo4j takes it (nothing is skipped); returns how many retries it took."""
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        write_triples(driver, database, triples)
+
+    with_backoff(attempt, "Neo4j write")
+    return attempts - 1
 
 
 def counts(driver: Driver, database: str) -> dict[str, int]:
@@ -260,12 +267,4 @@ class Neo4jSink:
 
 def connect_with_backoff(settings: Settings, give_up_after: float = 300.0) -> Driver:
     """``connect``, retried while Neo4j is starting or briefly unreachable."""
-    delay, began = 0.5, time.monotonic()
-    while True:
-        try:
-            return connect(settings)
-        except RETRYABLE:
-            if time.monotonic() - began > give_up_after:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    return with_backoff(lambda: connect(settings), "Neo4j connect", give_up_after)

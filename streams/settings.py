@@ -94,6 +94,10 @@ class Settings:
                     values[name] = raw
         return cls(**{name: _coerce(cls, name, value) for name, value in values.items()})
 
+    def to_env(self) -> dict[str, str]:
+        """``IGREC_*`` variables with which :meth:`load` in a child process gives back these settings."""
+        return {f"{ENV_PREFIX}{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

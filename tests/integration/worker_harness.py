@@ -33,26 +33,6 @@ def isolated_settings(settings: Settings) -> Settings:
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {
-        f"IGREC_{name.upper()}": str(getattr(settings, name))
-        for name in (
-            "state_dir",
-            "kafka_port",
-            "kafka_controller_port",
-            "neo4j_port",
-            "topic_events",
-            "topic_recommendations",
-            "topic_enriched",
-            "topic_triples",
-            "topic_dlq",
-            "topic_triples_dlq",
-            "topic_partitions",
-        )
-    }
-    return os.environ | env
-
-
 @dataclass
 class WorkerProcess:
     """One `igrec worker` subprocess with its own local state folder and log file."""
@@ -86,7 +66,7 @@ class WorkerProcess:
             *self.extra,
         ]
         self.process = subprocess.Popen(
-            command, env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            command, env=os.environ | self.settings.to_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         return self
 

@@ -76,3 +76,15 @@ def test_neo4j_password_comes_from_env_or_the_stack_file(tmp_path: Path) -> None
     settings.neo4j_password_file.parent.mkdir(parents=True)
     settings.neo4j_password_file.write_text("generated\n")
     assert settings.neo4j_auth() == ("neo4j", "generated")
+
+
+def test_to_env_round_trips_through_load(tmp_path: Path) -> None:
+    settings = Settings.load(
+        env={
+            "IGREC_STATE_DIR": str(tmp_path),
+            "IGREC_KAFKA_PORT": "19092",
+            "IGREC_TOPIC_EVENTS": "t.events",
+            "IGREC_NEO4J_PASSWORD": "pw",
+        }
+    )
+    assert Settings.load(env=settings.to_env()) == settings
