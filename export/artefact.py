@@ -5,6 +5,8 @@ An artefact is a folder::
     model.onnx   ONNX graph: session graphs -> (top-K item indices, their log-probabilities)
     items.tsv    vocabulary: ``index<TAB>external_id`` for indices 1..n_items (0 is padding)
     card.json    model card: what, from which data and commit, how good, and the sha256 of every other file
+    interests.npy  optional, float32 ``[n_items + 1, k]``: each item's soft assignment to the model's k
+                 interests (row 0, padding, is zero); the worker reads interest weights from it without torch
 
 Only the standard library and numpy here, so the stream worker can import it without torch.
 """
@@ -16,11 +18,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 FORMAT = "igrec-onnx-artefact"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 ITEMS_FILE = "items.tsv"
 CARD_FILE = "card.json"
+INTERESTS_FILE = "interests.npy"
 ITEMS_HEADER = "index\texternal_id"
 SUPPORTED_OPSETS = range(17, 22)
 """ai.onnx opsets this runtime accepts: 18 is what we export; 17..21 run on onnxruntime >= 1.20."""
@@ -119,3 +124,20 @@ def verify_card(card: dict, folder: str | Path) -> None:
         if actual != expected:
             raise ArtefactError(f"{path}: sha256 {actual[:16]}... differs from the card's {expected[:16]}... "
                                 "(file corrupted or modified after export)")
+
+
+def read_interests(folder: str | Path, n_items: int) -> np.ndarray | None:
+    """The item -> interest weight table ``[n_items + 1, k]`` of an artefact, or None if it has none.
+
+    Call after :func:`verify_card` (the checksum covers the file); a table of the wrong shape is refused.
+    """
+    path = Path(folder) / INTERESTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        table = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ArtefactError(f"{path}: not a numpy array file ({exc})") from exc
+    if table.ndim != 2 or table.shape[0] != n_items + 1 or table.dtype != np.float32:
+        raise ArtefactError(f"{path}: expected float32 [{n_items + 1}, k], found {table.dtype} {list(table.shape)}")
+    return table

@@ -24,6 +24,7 @@ from export.artefact import (
     CARD_FILE,
     FORMAT,
     FORMAT_VERSION,
+    INTERESTS_FILE,
     ITEMS_FILE,
     MODEL_FILE,
     checksums,
@@ -149,6 +150,21 @@ def make_card(opts: ExportOptions, state: dict, results: dict, onnx_block: dict,
     }
 
 
+@torch.no_grad()
+def item_interests(net: nn.Module) -> np.ndarray | None:
+    """float32 ``[n_items + 1, k]``: every item's interest weights as the network assigns them at inference
+    (softmax of v_i^T W_l / tau, ARCHITECTURE eqs. 1-3), padding row zero; None for a network without
+    interests (GRU4Rec)."""
+    if not hasattr(net, "_interest_weights"):
+        return None
+    was_training = net.training
+    net.eval()
+    table = net._interest_weights(net.item_encoder.table()).float().numpy().astype(np.float32)
+    net.train(was_training)
+    table[0] = 0.0
+    return table
+
+
 def history_trained(opts: ExportOptions, state: dict) -> bool:
     """Whether the network's history weights saw real histories in training: the export option if given,
     else the training config's ``history_inputs`` flag (model/train.py does not feed histories yet)."""
@@ -195,6 +211,9 @@ def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     onnx_block = export_onnx(net, staging / MODEL_FILE, opts.k, opts.opset, opts.exporter)
+    interests = item_interests(net)
+    if interests is not None:
+        np.save(staging / INTERESTS_FILE, interests)
     vocab, vocab_source = item_vocabulary(state, split, n_items)
     write_items(staging / ITEMS_FILE, vocab)
     card = make_card(opts, state, results, onnx_block, n_items, vocab_source, split, staging)

@@ -21,6 +21,7 @@ from export.artefact import (
     MODEL_FILE,
     ArtefactError,
     read_card,
+    read_interests,
     read_items,
     verify_card,
 )
@@ -112,6 +113,7 @@ class Scorer:
         self._ids = np.asarray(ids, dtype=str)
         self._index = {ext: i for i, ext in enumerate(ids) if i}
         self._graphs = self.card["graphs"]
+        self.interests = read_interests(self.path, self.n_items)
         requested = resolve_providers(providers)
         self._session = self._open(requested, threads, fp16, max_batch, spin, trt_cache)
         self.providers = self._session.get_providers()
@@ -204,6 +206,13 @@ class Scorer:
         """int64 ``[len(external_ids)]`` item indices; 0 (padding) for ids the model has never seen."""
         get = self._index.get
         return np.fromiter((get(str(e), 0) for e in external_ids), dtype=np.int64, count=len(external_ids))
+
+    def interest_weights(self, indices: Sequence[int]) -> np.ndarray | None:
+        """float32 ``[k]``: the mean interest assignment of the items ``indices`` (a session's known clicks),
+        so that it sums to 1; None when the artefact has no interest table or ``indices`` is empty."""
+        if self.interests is None or len(indices) == 0:
+            return None
+        return self.interests[np.asarray(indices, dtype=np.int64)].mean(0)
 
     def external_ids(self, indices: np.ndarray) -> np.ndarray:
         """External ids (numpy str array, same shape as ``indices``); index 0 maps to ``""``."""

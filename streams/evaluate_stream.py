@@ -134,7 +134,7 @@ def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 2
     out = []
     for begin in tqdm(range(0, len(steps), batch), desc=f"score with {artefact.name}", unit="batch"):
         results = score_batch(scorer, steps[begin : begin + batch])
-        for event, step, (items, scores, _) in zip(
+        for event, step, scoring in zip(
             meta[begin : begin + batch], steps[begin : begin + batch], results, strict=True
         ):
             out.append(
@@ -142,8 +142,8 @@ def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 2
                     "event_id": event.event_id,
                     "session_id": step.session_id,
                     "position": step.position,
-                    "items": items,
-                    "scores": scores,
+                    "items": scoring.items,
+                    "scores": scoring.scores,
                 }
             )
     return out

@@ -50,6 +50,9 @@ log = logging.getLogger("igrec.worker")
 # used: it also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 64
+INTEREST_ITEMS_REMEMBERED = 1_000_000
+"""Items whose IN_INTEREST facts this process has sent; past this many the set starts again (a re-send is
+harmless: the facts are absolute)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads, spin=False)
     model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer")
+    interest_items_sent: set[str] = set()
 
     async def dead_letter(message: Any, reason: str) -> None:
         metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
@@ -142,8 +146,9 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         """Hand one output to faust's producer (flushed before offsets commit) without Record re-encoding."""
         await app.producer.send(topic, key, value, None, None, None)
 
-    async def emit(item: Scored, items: list[str], scores: list[float], scored: bool, score_ms: float) -> None:
+    async def emit(item: Scored, scoring: Scoring, score_ms: float) -> None:
         event, step = item.event, item.step
+        items = scoring.items
         key = event.user_id.encode()
         now = time.time()
         recommendation = Recommendation(
@@ -153,8 +158,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             session_id=step.session_id,
             position=step.position,
             items=items,
-            scores=scores,
-            scored=scored,
+            scores=scoring.scores,
+            scored=scoring.scored,
             model_version=model_version,
             event_ts=event.ts,
             emitted_at=now,
@@ -176,13 +181,18 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             position=step.position,
             session_length=step.position + 1,
             new_session=step.new_session,
-            known_item=bool(scorer.index_of([event.item_id])[0]),
-            interest_weights=None,
+            known_item=scoring.known_item,
+            interest_weights=scoring.interests,
             recommendations=items,
             context=event.context,
         )
         await publish(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
-        for fact in event_triples(event, step):
+        new_item = scoring.known_item and event.item_id not in interest_items_sent
+        if new_item and scoring.interests is not None:
+            if len(interest_items_sent) >= INTEREST_ITEMS_REMEMBERED:
+                interest_items_sent.clear()
+            interest_items_sent.add(event.item_id)
+        for fact in event_triples(event, step, scoring, model_version, new_item):
             await publish(settings.topic_triples, key, fact)
         if step.previous_item is not None:
             transition = {"head": step.previous_item, "tail": event.item_id, "p": item.partition, "o": item.offset}
@@ -217,8 +227,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             for chunk, future in zip(chunks, pending, strict=True):
                 results = await future
                 score_ms = 1000.0 * (time.perf_counter() - began)
-                for item, (items, scores, scored) in zip(chunk, results, strict=True):
-                    await emit(item, items, scores, scored, score_ms)
+                for item, scoring in zip(chunk, results, strict=True):
+                    await emit(item, scoring, score_ms)
             metrics.SCORE_SECONDS.observe(time.perf_counter() - began)
             metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
 
@@ -253,22 +263,58 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     return app
 
 
-def score_batch(scorer: Any, steps: list[Step]) -> list[tuple[list[str], list[float], bool]]:
-    """Top-K external ids and scores per step; unknown items are left out of the scored session, and a
-    session with no known item (or an event whose clicks left the bounded state) is not scored."""
-    known = [[int(i) for i in scorer.index_of(step.current) if i] for step in steps]
+@dataclass(frozen=True)
+class Scoring:
+    """The scorer's answer for one event: top-K external ids and log-probabilities (empty when not scored),
+    whether the clicked item is in the model's vocabulary, and the session's interest weights (the mean
+    interest assignment of its known items; None without an interest table or a known item)."""
+
+    items: list[str]
+    scores: list[float]
+    scored: bool
+    known_item: bool
+    interests: list[float] | None
+    item_interests: list[float] | None
+
+
+def score_batch(scorer: Any, steps: list[Step]) -> list[Scoring]:
+    """Score each step's current session; unknown items are left out of the scored session, and a session
+    with no known item (or an event whose clicks left the bounded state) is not scored."""
+    indices = [scorer.index_of(step.current) for step in steps]
+    known = [[int(i) for i in session if i] for session in indices]
     histories = [[[int(i) for i in scorer.index_of(s) if i] for s in step.history] for step in steps]
     rows = [b for b, session in enumerate(known) if session]
-    results: list[tuple[list[str], list[float], bool]] = [([], [], False)] * len(steps)
+    top: Any = ()
+    scores: Any = ()
     if rows:
         top, scores = scorer.recommend_sessions([known[b] for b in rows], [histories[b] for b in rows])
-        for row, b in enumerate(rows):
-            results[b] = ([str(x) for x in scorer.external_ids(top[row])], [float(s) for s in scores[row]], True)
+    row_of = {b: row for row, b in enumerate(rows)}
+    results = []
+    for b, session in enumerate(indices):
+        clicked = int(session[-1]) if len(session) else 0
+        weights = scorer.interest_weights(known[b])
+        item_weights = scorer.interest_weights([clicked]) if clicked else None
+        row = row_of.get(b)
+        results.append(Scoring(
+            items=[str(x) for x in scorer.external_ids(top[row])] if row is not None else [],
+            scores=[float(x) for x in scores[row]] if row is not None else [],
+            scored=row is not None,
+            known_item=bool(clicked),
+            interests=None if weights is None else [float(w) for w in weights],
+            item_interests=None if item_weights is None else [float(w) for w in item_weights],
+        ))
     return results
 
 
-def event_triples(event: Event, step: Step) -> list[bytes]:
-    """The knowledge facts one event creates, as absolute values (safe to re-deliver)."""
+def event_triples(event: Event, step: Step, scoring: Scoring | None = None, model_version: str = "",
+                  new_item: bool = False) -> list[bytes]:
+    """The knowledge facts one event creates, as absolute values (safe to re-deliver).
+
+    With interest weights: ``(User)-[:INTERESTED_IN {weight}]->(Interest)`` per interest, the weights of
+    the user's current session (so the graph holds each user's latest interests), and, when ``new_item``
+    (first time this worker process meets the item), ``(Item)-[:IN_INTEREST {weight}]->(Interest)``, a
+    constant of the model. Interest ids are ``<model_version>/<m>``: another model's interests are other nodes.
+    """
     if not step.found:
         return []
     facts = [
@@ -276,6 +322,12 @@ def event_triples(event: Event, step: Step) -> list[bytes]:
     ]
     if step.position == 0:
         facts.append(edge(("User", event.user_id), "HAD", ("Session", step.session_id)))
+    if scoring is not None and scoring.interests is not None:
+        facts += [edge(("User", event.user_id), "INTERESTED_IN", ("Interest", f"{model_version}/{m}"), weight=w)
+                  for m, w in enumerate(scoring.interests)]
+        if new_item and scoring.item_interests is not None:
+            facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
+                      for m, w in enumerate(scoring.item_interests)]
     return [fact.to_json() for fact in facts]
 
 

@@ -13,7 +13,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from export.artefact import CARD_FILE, ITEMS_FILE, MODEL_FILE, read_items, sha256_file  # noqa: E402
+from export.artefact import (  # noqa: E402
+    CARD_FILE,
+    INTERESTS_FILE,
+    ITEMS_FILE,
+    MODEL_FILE,
+    read_items,
+    sha256_file,
+)
 from export.cli import main as export_main  # noqa: E402
 from export.exporter import ExportOptions, build_artefact  # noqa: E402
 from export.parity import ParityError, torch_log_probs  # noqa: E402
@@ -75,7 +82,7 @@ def test_artefact_has_model_vocabulary_and_card_with_checksums(exported):
     card = json.loads((art / CARD_FILE).read_text())
     assert card["format"] == "igrec-onnx-artefact" and card["format_version"] == 1
     assert card["k"] == 20 and card["n_items"] == N_ITEMS and card["onnx"]["opset"] == 18
-    assert card["files"] == {ITEMS_FILE: sha256_file(art / ITEMS_FILE), MODEL_FILE: sha256_file(art / MODEL_FILE)}
+    assert card["files"] == {name: sha256_file(art / name) for name in (INTERESTS_FILE, ITEMS_FILE, MODEL_FILE)}
     assert card["dataset"]["name"] == "toy" and card["metrics"]["test"]["HR@20"] == 1.5
     assert card["model"]["steps"] == 2 and len(card["git"]["commit"] or "x" * 40) == 40
     assert [i["name"] for i in card["onnx"]["inputs"]] == ["items", "alias", "adj", "mask", "hist_items", "hist_adj"]
@@ -84,6 +91,19 @@ def test_artefact_has_model_vocabulary_and_card_with_checksums(exported):
     assert not (art.parent / "art.partial").exists()
     assert card["parity"]["passed"] and card["parity"]["source"] == "test"
     assert card["model_version"].startswith("toy-") and card["model_version"].endswith(card["files"][MODEL_FILE][:12])
+
+
+def test_interest_table_is_the_networks_inference_assignment(exported):
+    """interests.npy holds softmax(v_i^T W_l / tau) per item (eqs. 1-3 at inference), which the worker reads."""
+    net, art, _ = exported
+    table = Scorer(art, providers="cpu").interests
+    with torch.no_grad():
+        ids = torch.arange(1, N_ITEMS + 1)
+        expected = net.eval()._interest_weights(net.item_encoder(ids)).numpy()
+    assert table.shape == (N_ITEMS + 1, 3) and table.dtype == np.float32
+    assert np.allclose(table[1:], expected, atol=1e-6) and not table[0].any()
+    assert np.allclose(table[1:].sum(1), 1.0, atol=1e-5)
+    assert table[1:].argmax(1).min() != table[1:].argmax(1).max(), "items spread over more than one interest"
 
 
 def test_parity_on_the_test_split(exported):

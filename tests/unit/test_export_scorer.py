@@ -117,6 +117,22 @@ def test_model_swapped_under_a_resigned_card_is_refused(copy, tmp_path):
         Scorer(copy)
 
 
+def test_interest_table_of_the_wrong_shape_is_refused(copy):
+    np.save(copy / "interests.npy", np.zeros((N_ITEMS, 3), np.float32))
+    card = json.loads((copy / CARD_FILE).read_text())
+    card["files"]["interests.npy"] = sha256_file(copy / "interests.npy")
+    (copy / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ArtefactError, match=r"interests.npy: expected float32 \[201, k\]"):
+        Scorer(copy, providers="cpu")
+
+
+def test_session_interest_weights_are_the_mean_of_its_items(artefact):
+    scorer = Scorer(artefact, providers="cpu")
+    weights = scorer.interest_weights([3, 5])
+    assert np.allclose(weights, scorer.interests[[3, 5]].mean(0)) and abs(weights.sum() - 1) < 1e-5
+    assert scorer.interest_weights([]) is None
+
+
 def test_missing_card_or_folder(copy, tmp_path):
     with pytest.raises(ArtefactError, match="not a folder"):
         Scorer(tmp_path / "nowhere")

@@ -12,7 +12,13 @@ from streams.worker import event_triples, score_batch
 
 
 class FakeScorer:
-    """Knows items "1".."9"; recommends the session's items reversed, scored by position."""
+    """Knows items "1".."9"; recommends the session's items reversed, scored by position; item i belongs to
+    interest 0 with weight i/10 and to interest 1 with the rest."""
+
+    interests = np.array([[0.0, 0.0]] + [[i / 10, 1 - i / 10] for i in range(1, 10)], dtype=np.float32)
+
+    def interest_weights(self, indices):
+        return self.interests[list(indices)].mean(0) if len(indices) else None
 
     def index_of(self, ids):
         return np.array([int(i) if i.isdigit() and 0 < int(i) < 10 else 0 for i in ids], dtype=np.int64)
@@ -33,9 +39,25 @@ def step(current, history=(), found=True, position=0, previous=None) -> Step:
 def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored() -> None:
     scorer = FakeScorer()
     results = score_batch(scorer, [step(["1", "x", "2"], [["3", "y"]]), step(["x"]), step([], found=False)])
-    assert results[0] == (["2", "1"], [2.0, 1.0], True)
-    assert results[1] == ([], [], False) and results[2] == ([], [], False)
+    assert (results[0].items, results[0].scores, results[0].scored) == (["2", "1"], [2.0, 1.0], True)
+    assert results[0].known_item and not results[1].known_item
+    assert np.allclose(results[0].interests, [0.15, 0.85]), "mean over the known clicks 1 and 2"
+    assert np.allclose(results[0].item_interests, [0.2, 0.8]), "the clicked item's own weights"
+    assert results[1].interests is None and results[1].item_interests is None
+    assert [(r.items, r.scores, r.scored) for r in results[1:]] == [([], [], False)] * 2
     assert scorer.calls == ([[1, 2]], [[[3]]]), "one batched call with only known items"
+
+
+def test_interest_triples_carry_absolute_weights_and_item_facts_only_when_new() -> None:
+    event = Event(schema_version=1, event_id="e", user_id="u", item_id="2", ts=1.7e9)
+    scoring = score_batch(FakeScorer(), [step(["1", "2"], position=1)])[0]
+    facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", True)]
+    user = [f for f in facts if f["rel"] == "INTERESTED_IN"]
+    assert [(f["tail"]["id"], round(f["props"]["weight"], 6)) for f in user] == [("m1/0", 0.15), ("m1/1", 0.85)]
+    item = [f for f in facts if f["rel"] == "IN_INTEREST"]
+    assert [(f["head"]["id"], round(f["props"]["weight"], 6)) for f in item] == [("2", 0.2), ("2", 0.8)]
+    again = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", False)]
+    assert "IN_INTEREST" not in {f["rel"] for f in again}
 
 
 def test_event_triples_are_absolute_and_mark_new_sessions() -> None:
