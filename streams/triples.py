@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from model.facts import Fact
 from streams.records import SCHEMA_VERSION, decode_message
 
 NODE_LABELS = ("User", "Session", "Item", "Category", "Keyword", "Entity", "Interest")
@@ -89,6 +90,14 @@ def node(label: str, node_id: str | int, **props: Any) -> Triple:
 
 def edge(head: tuple[str, str | int], rel: str, tail: tuple[str, str | int], **props: Any) -> Triple:
     return Triple(head[0], str(head[1]), {}, rel, tail[0], str(tail[1]), {}, props)
+
+
+def from_fact(fact: Fact) -> Triple:
+    """The triple of a :class:`model.facts.Fact` (knowledge extraction, link prediction), validated: a fact
+    outside the whitelisted schema raises :class:`TripleError` before it reaches Kafka."""
+    triple = Triple(fact.head_label, fact.head_id, dict(fact.head_props), fact.rel, fact.tail_label,
+                    fact.tail_id, dict(fact.tail_props) if fact.rel else None, dict(fact.props) if fact.rel else None)
+    return parse(triple.to_json())
 
 
 def parse(raw: bytes | None) -> Triple:

@@ -67,3 +67,16 @@ def test_statements_group_by_type_and_keep_order() -> None:
     grouped = dict(statements(facts))
     assert [row["props"]["count"] for row in grouped[EDGE_CYPHER["NEXT"]]] == [1, 2], "the later absolute wins"
     assert len(grouped) == 2
+
+
+def test_facts_from_model_become_validated_triples() -> None:
+    from model.facts import Fact
+    from streams.triples import from_fact
+
+    related = from_fact(Fact("Item", "1", "RELATED", "Item", "2", {"type": "co_view", "score": 0.9}))
+    assert (related.rel, related.tail_id, related.props) == ("RELATED", "2", {"type": "co_view", "score": 0.9})
+    assert from_fact(Fact("Item", "7", head_props={"title": "cap"})).head_props == {"title": "cap"}
+    with pytest.raises(TripleError, match="RELATED needs the identifying properties"):
+        from_fact(Fact("Item", "1", "RELATED", "Item", "2", {"score": 0.9}))
+    with pytest.raises(TripleError, match="is not one of"):
+        from_fact(Fact("Brand", "x"))
