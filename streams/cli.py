@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
     worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
-    worker.add_argument("--loglevel", default="info")
+    worker.add_argument("--loglevel", default="info", help="debug, info, warning or error")
+    worker.add_argument("--log-format", choices=["json", "text"], default="json",
+                        help="json: one JSON object per line on stderr (for log shippers); text: plain lines")
     worker.set_defaults(func=_worker)
 
     replay = commands.add_parser(
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sink.add_argument("--batch-size", type=int, default=5000, help="most triples per Neo4j transaction")
     sink.add_argument("--until-caught-up", action="store_true", help="exit once every triple so far is written")
+    sink.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines as JSON or text")
     sink.set_defaults(func=_sink)
 
     kg = commands.add_parser("kg", help="the knowledge graph in Neo4j: summary counts, bulk load of item knowledge")
@@ -161,11 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     rdf.set_defaults(func=_kg_rdf)
     load = kg_commands.add_parser(
         "load",
-        help="publish a kg.txt (item relation entity) to the triples topic, through the same sink path",
-        description="Reads `item relation entity` lines (e.g. ../shared/data/session_kg_dsrhk/Tmall/kg.txt), "
-        "publishes them as triples to igrec.kg.triples, and with --sink runs the sink until they are in Neo4j.",
+        help="publish item knowledge (kg.txt or facts .jsonl) to the triples topic, through the same sink path",
+        description="Reads `item relation entity` lines (e.g. ../shared/data/session_kg_dsrhk/Tmall/kg.txt) or a "
+        "JSON-lines file of facts (`igrec items facts`, `igrec linkpred predict`; name ending in .jsonl), validates "
+        "every one (a bad file is refused, naming the line, before anything is sent), publishes them as triples "
+        "to igrec.kg.triples, and with --sink runs the sink until they are in Neo4j.",
     )
-    load.add_argument("path", help="kg.txt file; relation names from a relations.txt beside it if present")
+    load.add_argument("path", help="kg.txt file (relation names from a relations.txt beside it if present), "
+                      "or facts .jsonl")
     load.add_argument("--prefix", default="", help="prefix for every node id (keeps datasets apart)")
     load.add_argument("--limit", type=int, default=None, help="load only the first N lines")
     load.add_argument("--sink", action="store_true", help="also run the sink until everything is written")
@@ -230,7 +236,7 @@ def _worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
-    run_worker(args.settings, config, loglevel=args.loglevel)
+    run_worker(args.settings, config, loglevel=args.loglevel, json_logs=args.log_format == "json")
     return 0
 
 
@@ -320,14 +326,16 @@ def _sink(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from streams import logs
     from streams.neo4j_sink import Neo4jSink
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup("info", json=args.log_format == "json")
     sink = Neo4jSink(
         args.settings,
         batch_size=args.batch_size,
         on_batch=lambda s: logging.getLogger("igrec.sink").info(
-            "batches %d, written %d, dead-lettered %d", s.batches, s.written, s.dead_lettered
+            "batch written", extra={"fields": {"batches": s.batches, "written": s.written,
+                                               "dead_lettered": s.dead_lettered}}
         ),
     )
     stats = asyncio.run(sink.run(until_caught_up=args.until_caught_up))
@@ -380,11 +388,17 @@ def _kg_load(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from streams.kg import kg_txt_triples
+    from streams.kg import facts_jsonl_triples, kg_txt_triples
     from streams.neo4j_sink import Neo4jSink
     from streams.replay import publish_payloads
+    from streams.triples import TripleError
 
-    triples = list(kg_txt_triples(args.path, prefix=args.prefix, limit=args.limit))
+    reader = facts_jsonl_triples if args.path.endswith(".jsonl") else kg_txt_triples
+    try:
+        triples = list(tqdm(reader(args.path, prefix=args.prefix, limit=args.limit), desc="read", unit="fact"))
+    except TripleError as error:
+        print(f"igrec kg load: refused, nothing published: {error}", file=sys.stderr)
+        return 1
     payloads = [t.to_json() for t in tqdm(triples, desc="encode", unit="triple")]
     asyncio.run(publish_payloads(args.settings, args.settings.topic_triples, payloads, desc="publish triples"))
     print(f"published {len(payloads)} triples to {args.settings.topic_triples}")

@@ -9,9 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import orjson
 from neo4j import Driver
 
-from streams.triples import NODE_LABELS, Triple, edge
+from model.facts import Fact
+from streams.triples import NODE_LABELS, Triple, TripleError, edge, from_fact
 
 CATEGORY_RELATIONS = ("cat", "category")
 Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
@@ -63,6 +65,32 @@ def kg_txt_triples(path: str | Path, prefix: str = "", limit: int | None = None)
                 yield edge(("Item", f"{prefix}{head}"), "IN_CATEGORY", ("Category", f"{prefix}{tail}"))
             else:
                 yield edge(("Item", f"{prefix}{head}"), "HAS", ("Entity", f"{prefix}{name}:{tail}"), relation=name)
+
+
+def facts_jsonl_triples(path: str | Path, prefix: str = "", limit: int | None = None) -> Iterator[Triple]:
+    """Triples from a JSON-lines file of :class:`model.facts.Fact` objects (written by ``igrec items facts`` and
+    ``igrec linkpred predict``), every node id prefixed with ``prefix``.
+
+    Raises :class:`TripleError` naming the line of the first fact that is not valid JSON, lacks a field, or
+    falls outside the whitelisted schema, so a bad file is refused before anything is published.
+    """
+    fields = set(Fact.__dataclass_fields__)
+    with Path(path).open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if limit is not None and number > limit:
+                return
+            if not line.strip():
+                continue
+            try:
+                data = orjson.loads(line)
+                if not isinstance(data, dict) or not {"head_label", "head_id"} <= data.keys() <= fields:
+                    raise TripleError(f"expected an object with the fields of a Fact ({sorted(fields)})")
+                fact = Fact(**data)
+                fact = Fact(**{**data, "head_id": f"{prefix}{fact.head_id}",
+                               "tail_id": f"{prefix}{fact.tail_id}" if fact.tail_id is not None else None})
+                yield from_fact(fact)
+            except (orjson.JSONDecodeError, TypeError, TripleError) as error:
+                raise TripleError(f"{path}:{number}: {error}") from error
 
 
 def _relation_names(path: Path) -> dict[str, str]:

@@ -23,3 +23,19 @@ LAG = Gauge("igrec_consumer_lag", "Events not yet processed, per partition of th
 def serve(port: int) -> None:
     """Expose the metrics over HTTP on 127.0.0.1:``port``."""
     start_http_server(port, addr="127.0.0.1")
+
+
+def totals() -> dict[str, float]:
+    """Running totals for the worker's stats log line: events by outcome, batches and their mean size, and the
+    mean event latency in ms (since start)."""
+    out = {f"events_{s.labels['outcome']}": s.value for m in EVENTS.collect() for s in m.samples
+           if s.name.endswith("_total")}
+    batch = {s.name: s.value for m in BATCH.collect() for s in m.samples}
+    latency = {s.name: s.value for m in LATENCY.collect() for s in m.samples}
+    batches = batch.get("igrec_batch_size_count", 0.0)
+    events = latency.get("igrec_event_latency_seconds_count", 0.0)
+    out["batches"] = batches
+    out["mean_batch"] = round(batch.get("igrec_batch_size_sum", 0.0) / batches, 2) if batches else 0.0
+    total_s = latency.get("igrec_event_latency_seconds_sum", 0.0)
+    out["mean_latency_ms"] = round(1000 * total_s / events, 3) if events else 0.0
+    return out

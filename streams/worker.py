@@ -50,6 +50,7 @@ log = logging.getLogger("igrec.worker")
 # used: it also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 64
+STATS_INTERVAL_S = 5.0
 INTEREST_ITEMS_REMEMBERED = 1_000_000
 """Items whose IN_INTEREST facts this process has sent; past this many the set starts again (a re-send is
 harmless: the facts are absolute)."""
@@ -250,14 +251,24 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     processed: dict[int, int] = {}
 
-    @app.timer(interval=5.0)
+    @app.task
+    async def announce() -> None:
+        log.info("worker started", extra={"fields": {
+            "app_id": config.app_id, "artefact": str(config.artefact), "model_version": model_version,
+            "providers": scorer.providers, "batch_max": config.batch_max, "batch_wait_ms": config.batch_wait_ms}})
+
+    @app.timer(interval=STATS_INTERVAL_S)
     async def report_lag() -> None:
+        """Consumer lag per partition into the metrics, and one structured stats line per interval."""
+        lags = {}
         for tp in app.consumer.assignment():
             if tp.topic == settings.topic_events:
                 highwater = app.consumer.highwater(tp)
                 if highwater is not None:
-                    lag = highwater - processed.get(tp.partition, -1) - 1
-                    metrics.LAG.labels(partition=str(tp.partition)).set(max(lag, 0))
+                    lags[tp.partition] = max(highwater - processed.get(tp.partition, -1) - 1, 0)
+                    metrics.LAG.labels(partition=str(tp.partition)).set(lags[tp.partition])
+        log.info("stats", extra={"fields": {**metrics.totals(), "lag": sum(lags.values()),
+                                            "partitions": sorted(lags)}})
 
     app.igrec_scorer = scorer
     return app
@@ -331,13 +342,15 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
     return [fact.to_json() for fact in facts]
 
 
-def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info") -> None:
-    """Start the worker in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info", json_logs: bool = True) -> None:
+    """Start the worker in the foreground (Ctrl-C or SIGTERM stops it cleanly); logs are JSON lines on stderr
+    (:mod:`streams.logs`) unless ``json_logs`` is false."""
     from faust.worker import Worker
+
+    from streams.logs import logging_config
 
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     asyncio.run(ensure_topics(settings))
     app = create_app(settings, config)
-    log.info("%s", orjson.dumps({"msg": "worker starting", "artefact": str(config.artefact)}).decode())
-    Worker(app, loglevel=loglevel).execute_from_commandline()
+    Worker(app, loglevel=loglevel, logging_config=logging_config(loglevel, json_logs)).execute_from_commandline()

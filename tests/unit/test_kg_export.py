@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+import pytest
 import rdflib
 
-from streams.kg import SCHEMA_NS, Subgraph, draw, kg_txt_triples, to_turtle
+from model.facts import Fact
+from streams.kg import SCHEMA_NS, Subgraph, draw, facts_jsonl_triples, kg_txt_triples, to_turtle
 from streams.settings import ROOT
+from streams.triples import TripleError
 
 TMALL_KG = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall" / "kg.txt"
 
@@ -55,3 +59,34 @@ def test_kg_txt_uses_relation_names_and_categories() -> None:
 def test_picture_is_a_png(tmp_path: Path) -> None:
     path = draw(_graph(), tmp_path / "g.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def _write_facts(path: Path, facts: list) -> Path:
+    path.write_bytes(b"\n".join(orjson.dumps(f.__dict__ if isinstance(f, Fact) else f) for f in facts) + b"\n")
+    return path
+
+
+def test_facts_file_becomes_prefixed_triples(tmp_path: Path) -> None:
+    path = _write_facts(tmp_path / "facts.jsonl", [
+        Fact("Item", "15970", "HAS_KEYWORD", "Keyword", "shirt", {"tfidf": 0.4}, head_props={"title": "Navy Shirt"}),
+        Fact("Item", "15970", "RELATED", "Item", "1535", {"type": "also_bought", "score": 0.93}),
+        Fact("Item", "1535", head_props={"title": "Puma Cap"}),
+    ])
+    triples = list(facts_jsonl_triples(path, prefix="t:"))
+    assert [(t.head_id, t.rel, t.tail_id) for t in triples] == [
+        ("t:15970", "HAS_KEYWORD", "t:shirt"), ("t:15970", "RELATED", "t:1535"), ("t:1535", None, None)]
+    assert triples[0].head_props == {"title": "Navy Shirt"} and triples[1].props["score"] == 0.93
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b"{not json", "facts.jsonl:2: unexpected"),
+    (b'{"head_label": "Item"}', "facts.jsonl:2: expected an object with the fields of a Fact"),
+    (b'{"head_label": "Item", "head_id": "1", "colour": "red"}', "expected an object with the fields"),
+    (b'{"head_label": "Item", "head_id": "1", "rel": "OWNS", "tail_label": "Item", "tail_id": "2"}',
+     "facts.jsonl:2: unknown relationship type 'OWNS'"),
+])
+def test_a_bad_fact_refuses_the_file_naming_its_line(tmp_path: Path, line: bytes, reason: str) -> None:
+    path = tmp_path / "facts.jsonl"
+    path.write_bytes(orjson.dumps(Fact("Item", "1").__dict__) + b"\n" + line + b"\n")
+    with pytest.raises(TripleError, match=reason.replace("(", r"\(")):
+        list(facts_jsonl_triples(path))
