@@ -55,6 +55,27 @@ def assert_same_recommendations(got: dict[str, list[dict]], expected: dict, tole
                 ), f"{event_id}: {record['items']} != {items}"
 
 
+def assert_interests_served(iso: Settings, scorer, sessions: list[list[int]], run: str) -> None:
+    """Enriched events carry the session's interest weights (the mean of the artefact's interest table over
+    the session's clicks so far), and the triples topic the users' INTERESTED_IN and the items' IN_INTEREST."""
+    events = list(session_events(sessions, run=run))
+    enriched = asyncio.run(collect(iso, iso.topic_enriched, len(events), timeout=60))
+    prefixes = {e["event_id"]: s[: i + 1] for e, (s, i) in zip(
+        events, [(s, i) for s in sessions for i in range(len(s))], strict=True)}
+    for event_id, records in enriched.items():
+        indices = scorer.index_of([str(i) for i in prefixes[event_id]])
+        np.testing.assert_allclose(records[-1]["interest_weights"], scorer.interests[indices].mean(0), atol=1e-6)
+    users = {e["user_id"] for e in events}
+    triples = asyncio.run(collect(iso, iso.topic_triples, 10**9, timeout=15,
+                                  key=lambda t: f"{t['head']['id']}|{t.get('rel')}|{t.get('tail', {}).get('id')}"))
+    interested = {k.split("|")[0] for k in triples if "|INTERESTED_IN|" in k}
+    assert interested == users, "every user's interests are in the graph"
+    k = scorer.interests.shape[1]
+    clicked_items = {str(i) for s in sessions for i in s}
+    in_interest = [k_ for k_ in triples if "|IN_INTEREST|" in k_]
+    assert {k_.split("|")[0] for k_ in in_interest} == clicked_items and len(in_interest) == k * len(clicked_items)
+
+
 @pytest.fixture
 def iso(settings: Settings) -> Settings:
     isolated = isolated_settings(settings)
@@ -73,6 +94,7 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
         worker.stop()
     assert_same_recommendations(got, expected)
     assert all(r["scored"] for records in got.values() for r in records)
+    assert_interests_served(iso, scorer, sessions, run="parity")
 
     streamed = asyncio.run(stream_metrics(iso, run="parity"))
     cases = sessions_to_cases(sessions)
