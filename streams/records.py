@@ -145,13 +145,23 @@ def _type_schema(hint: Any) -> dict[str, Any]:
     raise TypeError(f"no JSON Schema for {hint!r}")
 
 
+def topic_schemas(topics: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every igrec topic, by topic name: one per Record, and the triples contract."""
+    from streams import triples
+
+    schemas = {topics[role]: json_schema(record) for role, record in TOPIC_RECORDS.items()}
+    schemas[topics["triples"]] = triples.json_schema()
+    schemas[topics["triples_dlq"]] = json_schema(DeadLetter)
+    return schemas
+
+
 def write_schemas(folder: Path, topics: dict[str, str]) -> list[Path]:
-    """Write ``<topic>.schema.json`` for every topic with a Record; returns the files written."""
+    """Write ``<topic>.schema.json`` for every topic; returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for role, record in TOPIC_RECORDS.items():
-        path = folder / f"{topics[role]}.schema.json"
-        path.write_bytes(orjson.dumps(json_schema(record), option=orjson.OPT_INDENT_2) + b"\n")
+    for topic, schema in topic_schemas(topics).items():
+        path = folder / f"{topic}.schema.json"
+        path.write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n")
         written.append(path)
     return written
 

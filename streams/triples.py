@@ -84,6 +84,56 @@ class Triple:
         return orjson.dumps(message)
 
 
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of an ``igrec.kg.triples`` message: a node alone, or one of the
+    whitelisted relationship types between its endpoint labels, with its identifying properties required."""
+    scalar = {"type": ["string", "number", "boolean"]}
+    value = {"anyOf": [scalar, {"type": "array", "items": scalar}]}
+    props = {
+        "type": "object",
+        "maxProperties": MAX_PROPS,
+        "propertyNames": {"pattern": _PROP_NAME.pattern, "not": {"const": "id"}},
+        "additionalProperties": value,
+    }
+
+    def endpoint(labels: list[str]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "label": {"enum": labels},
+                "id": {"type": ["string", "integer"], "minLength": 1, "maxLength": MAX_ID_LENGTH},
+                "props": props,
+            },
+            "required": ["label", "id"],
+        }
+
+    node_only = {
+        "properties": {"head": endpoint(list(NODE_LABELS))},
+        "not": {"anyOf": [{"required": ["rel"]}, {"required": ["tail"]}]},
+    }
+    relationships = [
+        {
+            "properties": {
+                "rel": {"const": rel},
+                "head": endpoint([spec.head]),
+                "tail": endpoint([spec.tail]),
+                "props": {**props, "required": list(spec.key)} if spec.key else props,
+            },
+            "required": ["rel", "tail"],
+        }
+        for rel, spec in RELATIONSHIPS.items()
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Triple",
+        "description": " ".join((__doc__ or "").split("::")[0].split()),
+        "type": "object",
+        "properties": {"schema_version": {"const": SCHEMA_VERSION}},
+        "required": ["schema_version", "head"],
+        "oneOf": [node_only, *relationships],
+    }
+
+
 def node(label: str, node_id: str | int, **props: Any) -> Triple:
     return Triple(label, str(node_id), props)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from model.data import read_test_tsv, sessions_to_cases
 from model.metrics import metrics_from_ranks, ranks_from_top_k
@@ -55,6 +56,16 @@ def assert_same_recommendations(got: dict[str, list[dict]], expected: dict, tole
                 ), f"{event_id}: {record['items']} != {items}"
 
 
+def assert_valid(role: str, messages: list[dict]) -> None:
+    """Every message conforms to the committed JSON Schema of the topic ``role`` (docs/schemas)."""
+    name = Settings().topics[role]
+    validator = Draft202012Validator(orjson.loads((ROOT / "docs" / "schemas" / f"{name}.schema.json").read_bytes()))
+    assert messages
+    for message in messages:
+        errors = list(validator.iter_errors(message))
+        assert not errors, f"{name}: {errors[0].message} in {message}"
+
+
 def assert_interests_served(iso: Settings, scorer, sessions: list[list[int]], run: str) -> None:
     """Enriched events carry the session's interest weights (the mean of the artefact's interest table over
     the session's clicks so far), and the triples topic the users' INTERESTED_IN and the items' IN_INTEREST."""
@@ -62,12 +73,14 @@ def assert_interests_served(iso: Settings, scorer, sessions: list[list[int]], ru
     enriched = asyncio.run(collect(iso, iso.topic_enriched, len(events), timeout=60))
     prefixes = {e["event_id"]: s[: i + 1] for e, (s, i) in zip(
         events, [(s, i) for s in sessions for i in range(len(s))], strict=True)}
+    assert_valid("enriched", [r for records in enriched.values() for r in records])
     for event_id, records in enriched.items():
         indices = scorer.index_of([str(i) for i in prefixes[event_id]])
         np.testing.assert_allclose(records[-1]["interest_weights"], scorer.interests[indices].mean(0), atol=1e-6)
     users = {e["user_id"] for e in events}
     triples = asyncio.run(collect(iso, iso.topic_triples, 10**9, timeout=15,
                                   key=lambda t: f"{t['head']['id']}|{t.get('rel')}|{t.get('tail', {}).get('id')}"))
+    assert_valid("triples", [t for records in triples.values() for t in records])
     interested = {k.split("|")[0] for k in triples if "|INTERESTED_IN|" in k}
     assert interested == users, "every user's interests are in the graph"
     k = scorer.interests.shape[1]
@@ -94,6 +107,7 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
         worker.stop()
     assert_same_recommendations(got, expected)
     assert all(r["scored"] for records in got.values() for r in records)
+    assert_valid("recommendations", [r for records in got.values() for r in records])
     assert_interests_served(iso, scorer, sessions, run="parity")
 
     streamed = asyncio.run(stream_metrics(iso, run="parity"))
