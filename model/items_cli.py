@@ -107,6 +107,8 @@ def run_images(args: argparse.Namespace) -> None:
         ("training seconds", f"{run.seconds:.0f} ({args.threads} thread(s), {args.epochs} epochs)"),
         ("held-out image->title top-10", f"{m['heldout_image_to_title_top10']:.4f}"),
         ("  chance 10/n_heldout", f"{m['heldout_chance_top10']:.4f}"),
+        ("held-out image->title top-1", f"{m['heldout_image_to_title_top1']:.4f}"),
+        ("  chance 1/n_heldout", f"{1 / m['n_heldout']:.4f}"),
         ("train image->title top-10 (among train)", f"{m['train_image_to_title_top10']:.4f}"),
         ("  chance 10/n_train", f"{m['train_chance_top10']:.4f}"),
         ("held-out articleType top-1, nearest train photo", f"{m['heldout_type_nn_top1']:.4f}"),

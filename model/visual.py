@@ -175,13 +175,14 @@ def retrieval_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> float:
 def evaluate_visual(
     run: VisualRun, photos: Mapping[int, np.ndarray], titles: Mapping[int, np.ndarray], types: Mapping[int, str]
 ) -> dict[str, float]:
-    """Held-out checks: image -> title top-10 (and chance 10 / n), the same on training items (how much is
-    memorised), articleType top-1 of the nearest training photo (and the majority-type rate)."""
+    """Held-out checks: image -> title top-10 and top-1 (chance 10 / n and 1 / n), the same among training items
+    (how much is memorised), articleType top-1 of the nearest training photo (and the majority-type rate)."""
     metrics: dict[str, float] = {"n_train": len(run.train_ids), "n_heldout": len(run.heldout_ids)}
     for split, ids in (("heldout", run.heldout_ids), ("train", run.train_ids)):
         images = embed_photos(run.model, [photos[i] for i in ids])
         text = run.model.text_embedding(torch.from_numpy(np.stack([titles[i] for i in ids]))).numpy()
         metrics[f"{split}_image_to_title_top10"] = retrieval_top_k(images, text, 10)
+        metrics[f"{split}_image_to_title_top1"] = retrieval_top_k(images, text, 1)
         metrics[f"{split}_chance_top10"] = min(1.0, 10 / len(ids))
     train_images = embed_photos(run.model, [photos[i] for i in run.train_ids])
     held_images = embed_photos(run.model, [photos[i] for i in run.heldout_ids])
