@@ -9,7 +9,7 @@ Named bins rather than an RGB cube histogram because the catalogue's ``baseColou
 colour *names*: the image's dominant colour can then vote against them in knowledge fusion
 (model/knowledge.py). Nearly every product photo sits on a white studio background, which would make "white"
 the top colour of almost every item, so near-white pixels (all channels >= 235) are counted separately as
-``white_background`` and the distribution is over the remaining (foreground) pixels; when less than 5% of the
+``white_background`` and the distribution is over the remaining (foreground) pixels; when less than 1% of the
 photo is foreground (a white product on white), the distribution is over all pixels.
 """
 
@@ -27,7 +27,7 @@ from PIL import Image
 PALETTE = ("black", "grey", "white", "red", "pink", "orange", "brown", "yellow", "green", "teal", "blue", "navy",
            "purple")
 NEAR_WHITE = 235
-MIN_FOREGROUND = 0.05
+MIN_FOREGROUND = 0.01
 DOMINANT_SHARE = 0.2
 BLACK_VALUE = 0.3
 GREY_SATURATION = 0.12

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,9 +81,12 @@ def run_colours(args: argparse.Namespace) -> None:
                   if it.id in attributes and normalise(it.base_colour) in PALETTE]
     top1 = np.mean([max(a.colours, key=a.colours.get) == c for c, a in comparable])
     within = np.mean([c in a.dominant for c, a in comparable])
+    counts = Counter(c for c, _ in comparable)
+    common, n_common = counts.most_common(1)[0]
     print(f"\nphoto vs catalogue colour on the {len(comparable)} items whose catalogue colour is a palette name: "
           f"top colour agrees {top1:.1%}, catalogue colour among the dominant {within:.1%} "
-          f"({len(PALETTE)} palette colours)")
+          f"({len(PALETTE)} palette colours; always answering the most common, {common}, agrees "
+          f"{n_common / len(comparable):.1%})")
 
 
 def run_images(args: argparse.Namespace) -> None:
