@@ -27,8 +27,8 @@ def draw_items(cards: Sequence[Card], out: str | Path, columns: int = 2) -> Path
     import matplotlib.pyplot as plt
 
     rows = -(-len(cards) // columns)
-    fig = plt.figure(figsize=(7.2 * columns, 3.1 * rows), dpi=110)
-    grid = fig.add_gridspec(rows, columns * 2, width_ratios=[1, 3.2] * columns, hspace=0.35, wspace=0.05)
+    fig = plt.figure(figsize=(7.2 * columns, 3.3 * rows), dpi=110)
+    grid = fig.add_gridspec(rows, columns * 2, width_ratios=[1, 3.2] * columns, hspace=0.3, wspace=0.12)
     for n, (item, photo, keywords, image, resolved) in enumerate(cards):
         r, c = divmod(n, columns)
         ax = fig.add_subplot(grid[r, 2 * c])
@@ -37,19 +37,20 @@ def draw_items(cards: Sequence[Card], out: str | Path, columns: int = 2) -> Path
         ax.set_title(f"id {item.id}", fontsize=8)
         text = fig.add_subplot(grid[r, 2 * c + 1])
         text.set_axis_off()
-        attributes = "; ".join(f"{rel}: {v.value} ({'+'.join(v.sources)})" for rel, v in resolved.items())
+        attributes = "; ".join(_attribute(rel, v) for rel, v in resolved.items())
         lines = [
-            (item.title, dict(fontsize=9.5, fontweight="bold")),
+            *_wrapped(item.title, 52, dict(fontsize=9.5, fontweight="bold")),
             (f"{item.master_category} > {item.sub_category} > {item.article_type}", dict(fontsize=8)),
-            ("keywords: " + ", ".join(f"{w} ({f:.2f})" for w, f in keywords), dict(fontsize=8, color="#1f4e79")),
-            *_wrapped(attributes, 84, dict(fontsize=7.5)),
+            *_wrapped("keywords: " + ", ".join(f"{w} ({f:.2f})" for w, f in keywords), 74,
+                      dict(fontsize=8, color="#1f4e79")),
+            *_wrapped(attributes, 74, dict(fontsize=7.5)),
             (f"photo {image.width}x{image.height} px, aspect {image.aspect:.2f}, white background "
              f"{image.white_background:.0%}, dominant {'/'.join(image.dominant)}", dict(fontsize=7.5)),
         ]
         y = 1.0
         for line, style in lines:
             text.text(0.02, y, line, va="top", transform=text.transAxes, **style)
-            y -= 0.12
+            y -= 0.105
         bar = text.inset_axes([0.02, max(0.0, y - 0.17), 0.96, 0.14])
         left = 0.0
         for name in PALETTE:
@@ -69,6 +70,13 @@ def draw_items(cards: Sequence[Card], out: str | Path, columns: int = 2) -> Path
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def _attribute(relation: str, resolved: Resolved) -> str:
+    """``colour: black (title+image; not blue)``: the value, who backs it, the candidates it beat."""
+    beaten = [c for c in resolved.candidates if c != resolved.value]
+    against = f"; not {', '.join(beaten)}" if beaten else ""
+    return f"{relation}: {resolved.value} ({'+'.join(resolved.sources)}{against})"
 
 
 def _wrapped(text: str, width: int, style: dict) -> list[tuple[str, dict]]:

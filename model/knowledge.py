@@ -123,15 +123,18 @@ def _vote(by_source: Mapping[str, str]) -> Resolved:
 
 
 def colour_vocabulary(values: Iterable[str]) -> list[str]:
-    """Normalised colour phrases (e.g. every catalogue ``baseColour``), longest first, for :func:`title_colour`."""
+    """Distinct normalised colour phrases (e.g. every catalogue ``baseColour``), for :func:`title_colour`."""
     cleaned = {_clean(v) for v in values} - {""}
     return sorted(cleaned, key=lambda v: (-len(v.split()), v))
 
 
 def title_colour(title: str, vocabulary: Sequence[str]) -> str:
-    """The first colour phrase of ``vocabulary`` (longest first) found as whole words in ``title``, else ``""``."""
+    """The colour phrase of ``vocabulary`` that occurs first in ``title`` as whole words (the longest one
+    starting there: ``navy blue`` over ``navy``), else ``""``; titles name the main colour first
+    (``Red & Grey Rucksack``)."""
     padded = f" {_clean(title)} "
-    return next((phrase for phrase in vocabulary if f" {phrase} " in padded), "")
+    found = [(padded.find(f" {phrase} "), -len(phrase), phrase) for phrase in vocabulary if f" {phrase} " in padded]
+    return min(found)[2] if found else ""
 
 
 def title_gender(title: str) -> str:

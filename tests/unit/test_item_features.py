@@ -88,6 +88,7 @@ def test_entities_are_normalised_with_the_synonym_map() -> None:
     vocabulary = colour_vocabulary(["Blue", "Navy Blue", "Off White", "White"])
     assert title_colour("Turtle Check Men Navy Blue Shirt", vocabulary) == "navy blue"
     assert title_colour("Bluestone ring", vocabulary) == ""
+    assert title_colour("Wildcraft Unisex White & Navy Blue Rucksack", vocabulary) == "white"
     assert title_gender("Puma Men's Running Shoe") == "men"
 
 
