@@ -214,3 +214,17 @@ def test_visual_cnn_learns_on_a_few_real_photos() -> None:
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     assert model.image(x).shape == (16, 16)
+
+
+def test_image_arrays_join_attributes_and_visual_embeddings(tmp_path) -> None:
+    from model.fashion import image_arrays
+    from model.image_features import ATTRIBUTE_DIM
+
+    photos = {3: _solid((220, 20, 30)), 9: _solid((20, 30, 100))}
+    matrix, present = image_arrays([9, 5, 3], photos)
+    assert matrix.shape == (4, ATTRIBUTE_DIM) and present.tolist() == [False, True, False, True]
+    assert matrix[1, 5 + PALETTE.index("navy")] == 1.0 and matrix[3, 5 + PALETTE.index("red")] == 1.0
+    np.savez(tmp_path / "v.npz", ids=np.array([9], dtype=np.int64), vectors=np.full((1, 2), 0.5, np.float32))
+    matrix, present = image_arrays([9, 5, 3], photos, visual=tmp_path / "v.npz")
+    assert matrix.shape == (4, ATTRIBUTE_DIM + 2) and present.tolist() == [False, True, False, False]
+    assert matrix[1, -2:].tolist() == [0.5, 0.5]
