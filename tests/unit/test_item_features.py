@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,6 +26,17 @@ from model.text_features import TfIdf, is_chinese, tokenize
 from streams.triples import from_fact
 
 needs_data = pytest.mark.skipif(not (DEFAULT_FOLDER / IMAGES_TAR).exists(), reason="shared fashion data missing")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread (the machine's cores are shared), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_tfidf_matches_hand_computed_values() -> None:
@@ -166,6 +178,7 @@ def test_kg_facts_are_deduplicated_and_named(tmp_path) -> None:
     assert present.tolist() == [False] * 5 + [True, True]
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_title_embeddings_load_offline_and_rank_similar_titles_closer(tmp_path, monkeypatch) -> None:
     from model.text_features import embed_texts
 
@@ -190,6 +203,7 @@ def test_retrieval_top_k_counts_ties_against() -> None:
 
 
 @needs_data
+@pytest.mark.usefixtures("one_torch_thread")
 def test_visual_cnn_learns_on_a_few_real_photos() -> None:
     import torch
 
@@ -202,10 +216,10 @@ def test_visual_cnn_learns_on_a_few_real_photos() -> None:
     assert x.shape == (16, 3, 80, 60) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     text = torch.nn.functional.normalize(torch.randn(16, 384), dim=-1)
     types = torch.arange(16) % 4
-    model = AlignedModel(n_types=4, dim=16, width=8)
+    model = AlignedModel(n_types=4, dim=16, width=4)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(25):
+    for _ in range(15):
         loss = model.loss(x, text, types, type_weight=0.5)
         optimiser.zero_grad()
         loss.backward()
