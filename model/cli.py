@@ -1,4 +1,4 @@
-"""Subcommands ``train``, ``evaluate`` and ``search`` for the ``igrec`` console script.
+"""Subcommands ``train``, ``evaluate``, ``search`` and ``items`` for the ``igrec`` console script.
 
 ``add_subcommands(subparsers)`` registers them on an existing argparse sub-parser set (streams/cli.py);
 ``python -m model.cli train ...`` runs them directly. torch is imported only when a command runs.
@@ -34,6 +34,7 @@ def add_subcommands(subparsers) -> None:
     Each sub-parser sets ``func``; the caller runs ``args.func(args)``.
     """
     from model.evaluate import add_evaluate_arguments
+    from model.items_cli import add_items_subcommand
     from model.search import add_search_arguments
     from model.train import add_train_arguments
 
@@ -46,6 +47,7 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("search", help="hyper-parameter grid search (prints a results table)")
     add_search_arguments(p)
     p.set_defaults(func=_run_search)
+    add_items_subcommand(subparsers)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
