@@ -8,7 +8,7 @@ Sources of item knowledge and their fixed priority (:data:`SOURCE_PRIORITY`, hig
 4. ``kg``: ``kg.txt`` triples of session_kg_dsrhk (they never overlap the fashion attributes).
 
 Normalisation (:func:`normalise`): Unicode NFKC, case-folded, whitespace collapsed, surrounding punctuation
-stripped, then the synonym map ``model/data/synonyms.tsv`` (``navy blue`` -> ``navy``, ``gray`` -> ``grey``).
+stripped, then the synonym map ``model/resources/synonyms.tsv`` (``navy blue`` -> ``navy``, ``gray`` -> ``grey``).
 Two observations are the same entity exactly when their normalised values are equal.
 
 Contradiction rule (:func:`resolve`), for the single-valued attributes (:data:`SINGLE_VALUED`): each source
@@ -40,9 +40,8 @@ import numpy as np
 from model.facts import Fact
 from model.fashion import FashionItem
 from model.image_features import PALETTE, ImageAttributes
-from model.text_features import TfIdf
+from model.text_features import RESOURCES, TfIdf
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 SOURCE_PRIORITY = ("catalogue", "title", "image", "kg")
 SINGLE_VALUED = frozenset({"colour", "gender", "season", "usage", "brand"})
 GENDER_WORDS = frozenset({"men", "women", "boys", "girls", "unisex", "children"})
@@ -53,9 +52,9 @@ _EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
 
 @cache
 def synonyms() -> dict[str, str]:
-    """``variant -> canonical`` from ``model/data/synonyms.tsv`` (both sides normalised without synonyms)."""
+    """``variant -> canonical`` from ``model/resources/synonyms.tsv`` (both sides normalised without synonyms)."""
     table = {}
-    for line in (DATA_DIR / "synonyms.tsv").read_text(encoding="utf-8").splitlines():
+    for line in (RESOURCES / "synonyms.tsv").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             variant, canonical = line.split("\t")
             table[_clean(variant)] = _clean(canonical)

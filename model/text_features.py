@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+RESOURCES = Path(__file__).resolve().parent / "resources"
 EMBEDDING_DIM = 384
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
@@ -29,8 +29,8 @@ _LATIN_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 @cache
 def stop_words(language: str) -> frozenset[str]:
-    """The stop list ``model/data/stopwords_<language>.txt`` (``en`` or ``zh``), one word a line."""
-    lines = (DATA_DIR / f"stopwords_{language}.txt").read_text(encoding="utf-8").splitlines()
+    """The stop list ``model/resources/stopwords_<language>.txt`` (``en`` or ``zh``), one word a line."""
+    lines = (RESOURCES / f"stopwords_{language}.txt").read_text(encoding="utf-8").splitlines()
     return frozenset(w.strip() for w in lines if w.strip() and not w.startswith("#"))
 
 

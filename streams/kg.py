@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +14,8 @@ import orjson
 from neo4j import Driver
 
 from model.facts import Fact
-from streams.triples import NODE_LABELS, Triple, TripleError, edge, from_fact
+from streams.triples import NODE_LABELS, Triple, TripleError, from_fact
 
-CATEGORY_RELATIONS = ("cat", "category")
 Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
@@ -47,24 +47,12 @@ def _items(props: dict[str, Any], skip: str | None = None) -> tuple[tuple[str, A
 
 
 def kg_txt_triples(path: str | Path, prefix: str = "", limit: int | None = None) -> Iterator[Triple]:
-    """Item knowledge from a ``kg.txt`` (``item relation entity`` per line, as in shared/data/session_kg_dsrhk).
+    """Item knowledge of a ``kg.txt`` (``item relation entity`` per line, as in shared/data/session_kg_dsrhk) as
+    triples: :func:`model.knowledge.kg_facts` (deduplicated; category -> IN_CATEGORY, other relations -> HAS),
+    the first ``limit`` of them."""
+    from model.knowledge import kg_facts
 
-    A category relation becomes ``(Item)-[:IN_CATEGORY]->(Category)``, any other ``(Item)-[:HAS {relation}]->
-    (Entity)``. Relation names come from a ``relations.txt`` beside the file (``name:id`` per line) where
-    there is one, else ``r<id>``; entity ids are namespaced by relation.
-    """
-    path = Path(path)
-    names = _relation_names(path.with_name("relations.txt"))
-    with path.open() as lines:
-        for count, line in enumerate(lines):
-            if limit is not None and count >= limit:
-                return
-            head, relation, tail = line.split()
-            name = names.get(relation, f"r{relation}")
-            if name in CATEGORY_RELATIONS:
-                yield edge(("Item", f"{prefix}{head}"), "IN_CATEGORY", ("Category", f"{prefix}{tail}"))
-            else:
-                yield edge(("Item", f"{prefix}{head}"), "HAS", ("Entity", f"{prefix}{name}:{tail}"), relation=name)
+    return (from_fact(fact) for fact in itertools.islice(kg_facts(path, prefix), limit))
 
 
 def facts_jsonl_triples(path: str | Path, prefix: str = "", limit: int | None = None) -> Iterator[Triple]:
@@ -91,17 +79,6 @@ def facts_jsonl_triples(path: str | Path, prefix: str = "", limit: int | None = 
                 yield from_fact(fact)
             except (orjson.JSONDecodeError, TypeError, TripleError) as error:
                 raise TripleError(f"{path}:{number}: {error}") from error
-
-
-def _relation_names(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    names = {}
-    for line in path.read_text().splitlines():
-        name, sep, relation_id = line.strip().rpartition(":")
-        if sep and name:
-            names[relation_id] = name.removesuffix("_id")
-    return names
 
 
 # ---------------------------------------------------------------- neighbourhoods, pictures, RDF
