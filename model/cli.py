@@ -1,4 +1,4 @@
-"""Subcommands ``train``, ``evaluate`` and ``search`` for the ``igrec`` console script.
+"""Subcommands ``train``, ``evaluate``, ``search`` and ``linkpred`` for the ``igrec`` console script.
 
 ``add_subcommands(subparsers)`` registers them on an existing argparse sub-parser set (streams/cli.py);
 ``python -m model.cli train ...`` runs them directly. torch is imported only when a command runs.
@@ -28,6 +28,10 @@ def _run_search(args: argparse.Namespace) -> None:
     search(args)
 
 
+def _run_linkpred(args: argparse.Namespace) -> None:
+    args.linkpred_func(args)
+
+
 def add_subcommands(subparsers) -> None:
     """Add ``train``, ``evaluate`` and ``search`` to ``subparsers`` (from ``parser.add_subparsers()``).
 
@@ -46,6 +50,17 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("search", help="hyper-parameter grid search (prints a results table)")
     add_search_arguments(p)
     p.set_defaults(func=_run_search)
+    p = subparsers.add_parser("linkpred", help="link prediction on multiplex graphs (train / evaluate / predict)",
+                              description="Relation prediction with the GATNE protocol (ROC-AUC, PR-AUC, F1, "
+                              "filtered MRR); predicted links as RELATED facts.")
+    _add_linkpred_arguments(p)
+    p.set_defaults(func=_run_linkpred)
+
+
+def _add_linkpred_arguments(p: argparse.ArgumentParser) -> None:
+    from model.linkpred_cli import add_linkpred_arguments
+
+    add_linkpred_arguments(p)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
