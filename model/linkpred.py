@@ -351,7 +351,7 @@ def predict_facts(model: LinkPredictor, data: LinkData, threshold: float = 0.9, 
         for start in range(0, len(cand), batch):
             heads = cand[start:start + batch]
             p = torch.sigmoid(model.score_all(z, torch.full_like(heads, r), heads, cand))
-            p[torch.arange(len(heads)), torch.arange(start, start + len(heads))] = 0.0
+            p[torch.arange(len(heads)), torch.arange(start, start + len(heads))] = -1.0
             vals, cols = p.topk(min(top_k + 64, len(cand)), dim=1)
             for h, row_v, row_c in zip(heads.tolist(), vals.tolist(), cols.tolist(), strict=True):
                 kept = 0
@@ -359,7 +359,7 @@ def predict_facts(model: LinkPredictor, data: LinkData, threshold: float = 0.9, 
                     if v < threshold or kept == top_k:
                         break
                     t = int(cand[c])
-                    if (r, h, t) in known:
+                    if t == h or (r, h, t) in known:
                         continue
                     kept += 1
                     key = (r, min(h, t), max(h, t)) if data.undirected else (r, h, t)

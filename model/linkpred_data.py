@@ -212,7 +212,7 @@ def hold_out(
             else:
                 train.append((rel, a, b))
         held[rel] = [out_valid, out_test]
-    train.extend((h, r, t) for h, r, t in context)
+    train.extend((r, h, t) for h, r, t in context)
     node_ids: dict[str, int] = {}
     rel_ids = {r: i for i, r in enumerate(list(edges) + sorted({r for _, r, _ in context} - set(edges)))}
     train_arr = np.array([(rel_ids[r], node_ids.setdefault(h, len(node_ids)), node_ids.setdefault(t, len(node_ids)))
