@@ -161,10 +161,11 @@ def evaluate_split(model: LinkPredictor, z: torch.Tensor, data: LinkData, split:
     """
     pairs, labels = getattr(data, split), getattr(data, f"{split}_labels")
     scores = score_pairs(model, z, pairs)
-    res = {"all": link_prediction_metrics(pairs[:, 0], labels, scores)}
+    types = np.array(data.relations, dtype=object)[pairs[:, 0]].astype(str)
+    res = {"all": link_prediction_metrics(types, labels, scores)}
     seen = (pairs[:, 1:] < data.n_seen).all(1)
     res["gatne_rule"] = (res["all"] if seen.all()
-                         else link_prediction_metrics(pairs[seen, 0], labels[seen], scores[seen]))
+                         else link_prediction_metrics(types[seen], labels[seen], scores[seen]))
     res["skipped_pairs_unseen_node"] = int((~seen).sum())
     if with_mrr:
         pos = pairs[labels == 1]
