@@ -10,6 +10,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from model.linkpred_data import LinkPredConfig
 
 
@@ -68,6 +70,12 @@ def add_linkpred_arguments(p: argparse.ArgumentParser) -> None:
     pr.add_argument("--prefix", default="", help="prefix for node ids (as `igrec kg load --prefix`)")
     pr.add_argument("--threads", type=int, default=1)
     pr.set_defaults(linkpred_func=_predict_command)
+    bl = sub.add_parser("baseline", help="GATNE-protocol metrics of a training-free heuristic (cn, pa)",
+                        description="Scores the test pairs of DATA with common neighbours (cn) or preferential "
+                        "attachment (pa) on the train graph, to show how hard a split is. numpy only.")
+    bl.add_argument("--data", required=True, help="GATNE-format folder or session split folder")
+    bl.add_argument("--kind", choices=["cn", "pa"], default="cn")
+    bl.set_defaults(linkpred_func=_baseline_command)
     ex = sub.add_parser("export-items", help="write igrec's item graph hold-out as a GATNE folder",
                         description="Builds the multiplex item graph of a session split folder (see train) and "
                         "writes train.txt / valid.txt / test.txt in the GATNE format.")
@@ -117,3 +125,13 @@ def _train_command(args: argparse.Namespace) -> None:
     from model.linkpred import train
 
     train(LinkPredConfig(**{f.name: getattr(args, f.name) for f in fields(LinkPredConfig)}))
+
+
+def _baseline_command(args: argparse.Namespace) -> None:
+    from model.linkpred_data import heuristic_scores, load_data
+    from model.metrics import link_prediction_metrics
+
+    data = load_data(LinkPredConfig(data=args.data))
+    types = np.array(data.relations, dtype=object)[data.test[:, 0]].astype(str)
+    res = link_prediction_metrics(types, data.test_labels, heuristic_scores(data, data.test, args.kind))
+    print(json.dumps(res, indent=2))

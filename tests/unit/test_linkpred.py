@@ -1,4 +1,4 @@
-"""Link prediction: GATNE reader, item-graph hold-out, hand-computed metrics, a model that learns, facts, checkpoints."""
+"""Link prediction: GATNE reader, item-graph hold-out, hand-computed metrics, learning, facts, checkpoints."""
 
 import json
 
@@ -193,3 +193,15 @@ def test_checkpoint_round_trip(trained, tmp_path):
     other = LinkData(nodes=data.nodes[::-1], relations=data.relations, n_seen=data.n_seen, train=data.train)
     with pytest.raises(ValueError):
         load_checkpoint(tmp_path / "best.pt", other)
+
+
+def test_common_neighbours_baseline_separates_cliques():
+    from model.linkpred_data import heuristic_scores
+
+    data, _ = two_cliques()
+    cn = heuristic_scores(data, data.test, "cn")
+    assert cn[data.test_labels == 1].min() > cn[data.test_labels == 0].max()
+    pa = heuristic_scores(data, np.array([[0, 0, 1]]), "pa")
+    deg = [len({t for _, h, t in data.train.tolist() if h == n} | {h for _, h, t in data.train.tolist() if t == n})
+           for n in (0, 1)]
+    assert pa[0] == deg[0] * deg[1]
