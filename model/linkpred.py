@@ -150,6 +150,16 @@ def mrr_ranks(model: LinkPredictor, z: torch.Tensor, data: LinkData, pairs: np.n
     return out
 
 
+def precision_recall_at(labels: np.ndarray, logits: np.ndarray, probability: float) -> dict[str, float]:
+    """Precision and recall (percent, all edge types pooled) of predicting an edge when sigmoid(logit) >= p.
+
+    What a ``predict --threshold p`` would get on pairs drawn like the split's (half true edges).
+    """
+    predicted = logits >= math.log(probability / (1.0 - probability))
+    tp = float((predicted & (labels == 1)).sum())
+    return {"precision": 100.0 * tp / max(predicted.sum(), 1), "recall": 100.0 * tp / max(labels.sum(), 1)}
+
+
 def evaluate_split(model: LinkPredictor, z: torch.Tensor, data: LinkData, split: str, with_mrr: bool = True,
                    mrr_max_queries: int | None = None, seed: int = 0) -> dict:
     """GATNE-protocol metrics of ``split`` ("valid" / "test"), in percent.
@@ -167,6 +177,7 @@ def evaluate_split(model: LinkPredictor, z: torch.Tensor, data: LinkData, split:
     res["gatne_rule"] = (res["all"] if seen.all()
                          else link_prediction_metrics(types[seen], labels[seen], scores[seen]))
     res["skipped_pairs_unseen_node"] = int((~seen).sum())
+    res["at_probability"] = {str(p): precision_recall_at(labels, scores, p) for p in (0.5, 0.9, 0.99)}
     if with_mrr:
         pos = pairs[labels == 1]
         if mrr_max_queries and len(pos) > mrr_max_queries:
