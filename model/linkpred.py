@@ -10,8 +10,9 @@ graphs and igrec's item relations.
 Training: full-graph encoding (a 10k-node graph is cheap on one core). Each epoch the train edges are
 shuffled into ``chunks``; for each chunk the graph *without* that chunk is encoded and the chunk's edges
 are the positives, so a positive is never visible to its own message passing (as held-out edges are not at
-test time). Each positive gets ``negatives`` corruptions (head or tail replaced by a uniformly drawn node
-seen in train, the distribution GATNE's negatives come from); loss = binary cross-entropy with logits.
+test time). Each positive gets ``negatives`` corruptions (head or tail replaced by a uniformly drawn node of
+the same relation, the distribution held-out negatives come from; :class:`Corruptor`); loss = binary
+cross-entropy with logits.
 Early stopping on the valid ROC-AUC averaged over edge types.
 
 A run folder: ``best.pt`` (state dict + plain dicts, loaded with ``torch.load(weights_only=True)``),
@@ -99,12 +100,34 @@ def message_graph(edges: torch.Tensor, undirected: bool) -> tuple[torch.Tensor, 
     return torch.stack([src, dst]), rel
 
 
-def corrupt(pos: torch.Tensor, negatives: int, n_seen: int, gen: torch.Generator) -> torch.Tensor:
-    """``negatives`` copies of ``pos`` [B, 3] with head or tail (half each) replaced by a uniform seen node."""
-    neg = pos.repeat(negatives, 1)
-    which = 1 + (torch.rand(neg.shape[0], generator=gen) < 0.5).long()
-    neg[torch.arange(neg.shape[0]), which] = torch.randint(0, n_seen, (neg.shape[0],), generator=gen)
-    return neg
+class Corruptor:
+    """Negative edges: a positive with its head or tail (half each) replaced by a uniformly drawn node.
+
+    ``negatives_from="relation"``: the node is drawn from the nodes of the positive's relation (endpoints of
+    its train edges), the set held-out negatives come from (type-consistent: an item-item relation never
+    gets an attribute entity as a negative); ``"all"``: from every node seen in train.
+    """
+
+    def __init__(self, data: LinkData, negatives_from: str = "relation"):
+        if negatives_from == "all":
+            pools = [np.arange(data.n_seen)] * len(data.relations)
+        elif negatives_from == "relation":
+            pools = [data.relation_nodes(r) for r in range(len(data.relations))]
+        else:
+            raise ValueError(f"negatives_from must be 'relation' or 'all', not {negatives_from!r}")
+        self.pool = torch.as_tensor(np.concatenate(pools))
+        self.count = torch.as_tensor([len(p) for p in pools])
+        self.offset = torch.cumsum(self.count, 0) - self.count
+
+    def __call__(self, pos: torch.Tensor, negatives: int, gen: torch.Generator) -> torch.Tensor:
+        """int64 [negatives * B, 3] corruptions of ``pos`` [B, 3] ``(relation, head, tail)`` rows."""
+        neg = pos.repeat(negatives, 1)
+        rows = torch.arange(neg.shape[0])
+        which = 1 + (torch.rand(neg.shape[0], generator=gen) < 0.5).long()
+        rel = neg[:, 0]
+        pick = (torch.rand(neg.shape[0], generator=gen) * self.count[rel]).long()
+        neg[rows, which] = self.pool[self.offset[rel] + pick]
+        return neg
 
 
 @torch.no_grad()
@@ -237,6 +260,7 @@ def train_model(cfg: LinkPredConfig, data: LinkData | None = None, progress: boo
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_edges = torch.as_tensor(data.train)
     edge_index, edge_type = full_graph(data)
+    corrupt = Corruptor(data, cfg.negatives_from)
     history: list[dict] = []
     best_auc, best_state, best_epoch, bad = -math.inf, None, -1, 0
     started = time.perf_counter()
@@ -250,7 +274,7 @@ def train_model(cfg: LinkPredConfig, data: LinkData | None = None, progress: boo
             keep[chunk] = False
             z = model.encode(*message_graph(train_edges[keep], data.undirected))
             pos = train_edges[chunk]
-            neg = corrupt(pos, cfg.negatives, data.n_seen, gen)
+            neg = corrupt(pos, cfg.negatives, gen)
             loss = (nn.functional.softplus(-model.score(z, pos[:, 0], pos[:, 1], pos[:, 2])).mean()
                     + nn.functional.softplus(model.score(z, neg[:, 0], neg[:, 1], neg[:, 2])).mean())
             opt.zero_grad()

@@ -205,3 +205,20 @@ def test_common_neighbours_baseline_separates_cliques():
     deg = [len({t for _, h, t in data.train.tolist() if h == n} | {h for _, h, t in data.train.tolist() if t == n})
            for n in (0, 1)]
     assert pa[0] == deg[0] * deg[1]
+
+
+def test_corruptions_keep_one_end_and_draw_from_the_relation():
+    torch = pytest.importorskip("torch")
+    from model.linkpred import Corruptor
+
+    data, _ = two_cliques()
+    pos = torch.as_tensor(data.train)
+    neg = Corruptor(data, "relation")(pos, 3, torch.Generator().manual_seed(0))
+    assert neg.shape == (3 * len(pos), 3)
+    rep = pos.repeat(3, 1)
+    assert ((neg[:, 1] == rep[:, 1]) | (neg[:, 2] == rep[:, 2])).all()
+    for r in (0, 1):
+        allowed = set(data.relation_nodes(r).tolist())
+        assert set(neg[neg[:, 0] == r][:, 1:].flatten().tolist()) <= allowed
+    everywhere = Corruptor(data, "all")(pos, 20, torch.Generator().manual_seed(0))
+    assert set(everywhere[everywhere[:, 0] == 0][:, 1:].flatten().tolist()) - set(data.relation_nodes(0).tolist())
