@@ -112,9 +112,10 @@ def test_item_graph_holds_out_edges_with_balanced_negatives(tmp_path):
 
 
 def two_cliques(size: int = 8) -> tuple[LinkData, set]:
-    """Two disconnected cliques, relation 0 inside the first, 1 inside the second; some pairs held out/missing."""
+    """Two disconnected cliques, each pair's relation ``(i + j) % 2``; some pairs held out or missing."""
     a, b = list(range(size)), list(range(size, 2 * size))
-    pairs = {0: [(i, j) for i in a for j in a if i < j], 1: [(i, j) for i in b for j in b if i < j]}
+    inside = [(i, j) for c in (a, b) for i in c for j in c if i < j]
+    pairs = {r: [(i, j) for i, j in inside if (i + j) % 2 == r] for r in (0, 1)}
     rng = np.random.default_rng(0)
     train, test, missing = [], [], set()
     for r, ps in pairs.items():
@@ -211,7 +212,8 @@ def test_corruptions_keep_one_end_and_draw_from_the_relation():
     torch = pytest.importorskip("torch")
     from model.linkpred import Corruptor
 
-    data, _ = two_cliques()
+    train = np.array([(0, 0, 1), (0, 1, 2), (0, 2, 3), (1, 4, 5), (1, 5, 6), (1, 6, 7)], np.int64)
+    data = LinkData(nodes=[str(i) for i in range(8)], relations=["x", "y"], n_seen=8, train=train)
     pos = torch.as_tensor(data.train)
     neg = Corruptor(data, "relation")(pos, 3, torch.Generator().manual_seed(0))
     assert neg.shape == (3 * len(pos), 3)
