@@ -10,9 +10,9 @@ graphs and igrec's item relations.
 Training: full-graph encoding (a 10k-node graph is cheap on one core). Each epoch the train edges are
 shuffled into ``chunks``; for each chunk the graph *without* that chunk is encoded and the chunk's edges
 are the positives, so a positive is never visible to its own message passing (as held-out edges are not at
-test time). Each positive gets ``negatives`` corruptions (head or tail replaced by a uniformly drawn node of
-the same relation, the distribution held-out negatives come from; :class:`Corruptor`); loss = binary
-cross-entropy with logits.
+test time). Each positive gets ``negatives`` corruptions (head or tail replaced by a uniformly drawn node,
+from all nodes or the relation's nodes, whichever the evaluation's negatives come from; :class:`Corruptor`);
+loss = binary cross-entropy with logits.
 Early stopping on the valid ROC-AUC averaged over edge types.
 
 A run folder: ``best.pt`` (state dict + plain dicts, loaded with ``torch.load(weights_only=True)``),
@@ -103,18 +103,18 @@ def message_graph(edges: torch.Tensor, undirected: bool) -> tuple[torch.Tensor, 
 class Corruptor:
     """Negative edges: a positive with its head or tail (half each) replaced by a uniformly drawn node.
 
-    ``negatives_from="relation"``: the node is drawn from the nodes of the positive's relation (endpoints of
-    its train edges), the set held-out negatives come from (type-consistent: an item-item relation never
-    gets an attribute entity as a negative); ``"all"``: from every node seen in train.
+    Draw them like the evaluation's negatives are drawn. ``negatives_from="all"``: any node seen in train
+    (GATNE's negatives are random node pairs). ``"relation"``: a node of the positive's relation (endpoint of
+    one of its train edges), as :func:`model.linkpred_data.hold_out` draws igrec's item-graph negatives, so
+    an item-item relation never spends a negative on an attribute entity.
     """
 
-    def __init__(self, data: LinkData, negatives_from: str = "relation"):
-        if negatives_from == "all":
-            pools = [np.arange(data.n_seen)] * len(data.relations)
-        elif negatives_from == "relation":
-            pools = [data.relation_nodes(r) for r in range(len(data.relations))]
-        else:
+    def __init__(self, data: LinkData, negatives_from: str = "all"):
+        if negatives_from not in ("all", "relation"):
             raise ValueError(f"negatives_from must be 'relation' or 'all', not {negatives_from!r}")
+        self.n_seen = data.n_seen
+        self.by_relation = negatives_from == "relation"
+        pools = [data.relation_nodes(r) for r in range(len(data.relations))]
         self.pool = torch.as_tensor(np.concatenate(pools))
         self.count = torch.as_tensor([len(p) for p in pools])
         self.offset = torch.cumsum(self.count, 0) - self.count
@@ -124,9 +124,12 @@ class Corruptor:
         neg = pos.repeat(negatives, 1)
         rows = torch.arange(neg.shape[0])
         which = 1 + (torch.rand(neg.shape[0], generator=gen) < 0.5).long()
-        rel = neg[:, 0]
-        pick = (torch.rand(neg.shape[0], generator=gen) * self.count[rel]).long()
-        neg[rows, which] = self.pool[self.offset[rel] + pick]
+        if self.by_relation:
+            rel = neg[:, 0]
+            pick = (torch.rand(neg.shape[0], generator=gen) * self.count[rel]).long()
+            neg[rows, which] = self.pool[self.offset[rel] + pick]
+        else:
+            neg[rows, which] = torch.randint(0, self.n_seen, (neg.shape[0],), generator=gen)
         return neg
 
 

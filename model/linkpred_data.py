@@ -311,7 +311,7 @@ class LinkPredConfig:
     epochs: int = 200
     chunks: int = 4
     negatives: int = 4
-    negatives_from: str = "relation"
+    negatives_from: str = "all"
     lr: float = 0.01
     weight_decay: float = 0.0
     patience: int = 6
