@@ -33,7 +33,7 @@ def _run_linkpred(args: argparse.Namespace) -> None:
 
 
 def add_subcommands(subparsers) -> None:
-    """Add ``train``, ``evaluate`` and ``search`` to ``subparsers`` (from ``parser.add_subparsers()``).
+    """Add ``train``, ``evaluate``, ``search`` and ``linkpred`` to ``subparsers`` (from ``parser.add_subparsers()``).
 
     Each sub-parser sets ``func``; the caller runs ``args.func(args)``.
     """

@@ -55,9 +55,9 @@ def add_linkpred_arguments(p: argparse.ArgumentParser) -> None:
                         description="Rebuilds the checkpoint's data from its config (or --data) and prints "
                         "ROC-AUC / PR-AUC / AP / F1 (mean over edge types) and filtered MRR.")
     ev.add_argument("checkpoint", help="a best.pt from `igrec linkpred train`")
-    ev.add_argument("--data", help="another folder with the same nodes and relations")
+    ev.add_argument("--data", help="a GATNE folder with the same nodes and relations (default: the training data)")
     ev.add_argument("--json", help="also write the metrics here")
-    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ev.set_defaults(linkpred_func=_evaluate_command)
     pr = sub.add_parser("predict", help="write new predicted links as Fact JSON lines (RELATED {type, score})",
                         description="For each node and relation, the top-k unknown tails with probability >= "
@@ -66,11 +66,11 @@ def add_linkpred_arguments(p: argparse.ArgumentParser) -> None:
     pr.add_argument("checkpoint", help="a best.pt from `igrec linkpred train`")
     pr.add_argument("--out", required=True, help="facts.jsonl to write")
     pr.add_argument("--threshold", type=float, default=0.9, help="minimum sigmoid probability (default 0.9)")
-    pr.add_argument("--top-k", type=int, default=5, help="at most this many new links per node and relation")
+    pr.add_argument("--top-k", type=int, default=5, help="at most this many new links a node and relation (default 5)")
     pr.add_argument("--relation", action="append", help="relation name to predict (repeatable; default: evaluated)")
     pr.add_argument("--label", default="Item", help="node label of both ends (default Item)")
     pr.add_argument("--prefix", default="", help="prefix for node ids (as `igrec kg load --prefix`)")
-    pr.add_argument("--threads", type=int, default=1)
+    pr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     pr.set_defaults(linkpred_func=_predict_command)
     bl = sub.add_parser("baseline", help="GATNE-protocol metrics of a training-free heuristic (cn, pa)",
                         description="Scores the test pairs of DATA with common neighbours (cn) or preferential "
