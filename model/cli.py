@@ -1,4 +1,4 @@
-"""Subcommands ``train``, ``evaluate``, ``search`` and ``items`` for the ``igrec`` console script.
+"""Subcommands ``train``, ``evaluate``, ``search``, ``items`` and ``linkpred`` for the ``igrec`` console script.
 
 ``add_subcommands(subparsers)`` registers them on an existing argparse sub-parser set (streams/cli.py);
 ``python -m model.cli train ...`` runs them directly. torch is imported only when a command runs.
@@ -28,13 +28,18 @@ def _run_search(args: argparse.Namespace) -> None:
     search(args)
 
 
+def _run_linkpred(args: argparse.Namespace) -> None:
+    args.linkpred_func(args)
+
+
 def add_subcommands(subparsers) -> None:
-    """Add ``train``, ``evaluate`` and ``search`` to ``subparsers`` (from ``parser.add_subparsers()``).
+    """Add ``train``, ``evaluate``, ``search``, ``items`` and ``linkpred`` to ``subparsers``.
 
     Each sub-parser sets ``func``; the caller runs ``args.func(args)``.
     """
     from model.evaluate import add_evaluate_arguments
     from model.items_cli import add_items_subcommand
+    from model.linkpred_cli import add_linkpred_arguments
     from model.search import add_search_arguments
     from model.train import add_train_arguments
 
@@ -48,6 +53,11 @@ def add_subcommands(subparsers) -> None:
     add_search_arguments(p)
     p.set_defaults(func=_run_search)
     add_items_subcommand(subparsers)
+    p = subparsers.add_parser("linkpred", help="link prediction on multiplex graphs (train / evaluate / predict)",
+                              description="Relation prediction with the GATNE protocol (ROC-AUC, PR-AUC, F1, "
+                              "filtered MRR); predicted links as RELATED facts.")
+    add_linkpred_arguments(p)
+    p.set_defaults(func=_run_linkpred)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
