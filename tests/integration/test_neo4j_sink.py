@@ -113,6 +113,36 @@ async def test_item_knowledge_replays_identically(settings: Settings, topic_name
     assert graph(settings, prefix) == first, "item knowledge delivered again must change nothing"
 
 
+async def test_predicted_links_become_related_edges(settings: Settings, topic_name: str, tmp_path) -> None:
+    """`igrec linkpred train` (a few epochs on GATNE Amazon) and `predict` -> RELATED {type, score} facts ->
+    the facts reader, Kafka and the sink: one RELATED edge per fact with its score, none to a known edge,
+    and delivering them again changes nothing."""
+    from model.cli import main as model_main
+    from model.linkpred_data import read_gatne
+
+    data = ROOT.parent / "shared" / "data" / "gatne" / "amazon"
+    model_main(["linkpred", "train", "--data", str(data), "--out", str(tmp_path / "lp"), "--epochs", "3"])
+    facts_file = tmp_path / "related.jsonl"
+    model_main(["linkpred", "predict", str(tmp_path / "lp" / "best.pt"), "--out", str(facts_file), "--top-k", "2"])
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    triples = list(facts_jsonl_triples(facts_file, prefix=prefix))
+    assert len(triples) > 1000 and {t.rel for t in triples} == {"RELATED"}
+    await publish(settings, topic_name, [t.to_json() for t in triples])
+    await drain(settings, topic_name, group=f"{topic_name}-a")
+    first = graph(settings, prefix)
+    stored = {(h, dict(p)["type"], t): dict(p)["score"] for h, kind, p, t in first[1] if kind == "RELATED"}
+    assert stored == {(t.head_id[len(prefix):], t.props["type"], t.tail_id[len(prefix):]): t.props["score"]
+                      for t in triples}
+    lp = read_gatne(data)
+    known = {(lp.relations[r], lp.nodes[h], lp.nodes[t]) for r, h, t in lp.known_edges()}
+    assert not known & {(kind, h, t) for h, kind, t in stored}, "a predicted link is never a known edge"
+    assert len(known & {(lp.relations[r], lp.nodes[h], lp.nodes[t]) for r, h, t in lp.train.tolist()}) > 1000
+
+    await publish(settings, topic_name, [t.to_json() for t in triples])
+    await drain(settings, topic_name, group=f"{topic_name}-a")
+    assert graph(settings, prefix) == first
+
+
 async def test_cypher_in_a_field_is_stored_as_text(settings: Settings, topic_name: str) -> None:
     prefix = f"{uuid.uuid4().hex[:8]}:"
     evil_id = prefix + "x'}) MATCH (n) DETACH DELETE n //"
