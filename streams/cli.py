@@ -43,11 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="the whole system on a public split: train, export, worker, replay, metrics, knowledge graph",
-        description="Starts the local stack, trains a small model on the Diginetica split, exports and parity-checks "
-        "it, starts the worker and the Neo4j sink, replays test sessions with live progress, prints stream metrics "
-        "next to the offline metrics of the same artefact (they must be equal), and shows the knowledge graph.",
+        description="Starts the local stack, trains a small model on a session split (default: the Tmall sessions of "
+        "session_kg_dsrhk, whose items carry category/seller/brand knowledge), exports and parity-checks it, starts "
+        "the worker and the Neo4j sink, loads the split's item knowledge (kg.txt) through the sink, replays test "
+        "sessions with live progress, prints stream metrics next to the offline metrics of the same artefact (they "
+        "must be equal), and shows the knowledge graph the stream and the item knowledge built together.",
     )
-    demo.add_argument("--dataset", default=None, help="split folder (default: ../shared/data/diginetica/srgnn_split)")
+    demo.add_argument("--dataset", default=None,
+                      help="split folder, with a kg.txt for item knowledge (default: "
+                      "../shared/data/session_kg_dsrhk/Tmall; e.g. ../shared/data/diginetica/srgnn_split)")
     demo.add_argument("--sessions", type=int, default=2000, help="test sessions to replay")
     demo.add_argument("--train-cases", type=int, default=150_000, help="training cases for the one epoch")
     demo.add_argument("--artefact", default=None, help="use this exported artefact instead of training one")

@@ -1,13 +1,15 @@
 """``igrec demo``: the whole system on a public split, from a fresh machine, in a few minutes.
 
 1. the local stack (Kafka + Neo4j);
-2. a small but real model trained on the Diginetica split (a slice of the training cases, one epoch);
+2. a small but real model trained on the split (default: the Tmall sessions of session_kg_dsrhk, whose items
+   carry category / seller / brand knowledge; a slice of the training cases, one epoch);
 3. its ONNX artefact, parity-checked against PyTorch;
 4. the worker and the Neo4j sink, as the processes a deployment would run;
-5. test sessions replayed click by click, with live progress;
-6. stream metrics (recommendation t vs click t + 1) next to the offline metrics of the same artefact on the
+5. the split's item knowledge (its kg.txt, when it has one) published through the same triples topic and sink;
+6. test sessions replayed click by click, with live progress;
+7. stream metrics (recommendation t vs click t + 1) next to the offline metrics of the same artefact on the
    same sessions, which must be equal;
-7. the knowledge graph the stream wrote: counts and a picture, and where to look.
+8. the knowledge graph: what the stream wrote joined with the item knowledge; counts, a picture, where to look.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from streams.replay import cases_to_sessions, publish, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics, partition_count
 
-DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split"
+DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall"
+STEPS = 8
 
 
 def _say(step: int, text: str) -> None:
-    print(f"\n[{step}/7] {text}", flush=True)
+    print(f"\n[{step}/{STEPS}] {text}", flush=True)
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -162,15 +165,16 @@ def run_demo(
         _spawn(["sink"], logs["sink"]),
     ]
     try:
+        _load_knowledge(settings, folder / "kg.txt")
         sessions = cases_to_sessions(read_test_tsv(folder / "test.tsv"))[:n_sessions]
         run = f"demo{int(time.time())}"
         events = list(session_events(sessions, run=run))
-        _say(5, f"replaying {len(sessions):,} test sessions ({len(events):,} clicks) into {settings.topic_events}")
+        _say(6, f"replaying {len(sessions):,} test sessions ({len(events):,} clicks) into {settings.topic_events}")
         start = asyncio.run(_end_offsets(settings, settings.topic_recommendations))
         asyncio.run(publish(settings, settings.topic_events, events, desc="replay"))
         asyncio.run(_wait_for_run(settings, start, run, len(events), processes, timeout=900))
 
-        _say(6, "stream metrics (recommendation for click t vs click t+1) and offline metrics, same artefact")
+        _say(7, "stream metrics (recommendation for click t vs click t+1) and offline metrics, same artefact")
         streamed = asyncio.run(stream_metrics(settings, run=run))
         offline = _offline_metrics(model, sessions)
         print(f"{'':8} {'cases':>7} " + " ".join(f"{k:>8}" for k in ("HR@10", "MRR@10", "HR@20", "MRR@20")))
@@ -182,13 +186,26 @@ def run_demo(
         equal = all(abs(streamed[k] - offline[k]) < 1e-9 for k in offline)
         print("equal: yes" if equal else "equal: NO - the stream disagrees with the offline evaluation")
 
-        _say(7, "the knowledge graph the stream wrote to Neo4j")
+        _say(8, "the knowledge graph in Neo4j: the stream's facts joined with the item knowledge")
         return _show_graph(settings, work, processes, began) if equal else 1
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=60)
+
+
+def _load_knowledge(settings: Settings, kg_txt: Path) -> None:
+    """Publish the split's item knowledge to the triples topic; the running sink writes it (as `igrec kg load`)."""
+    from streams.kg import kg_txt_triples
+    from streams.replay import publish_payloads
+
+    if not kg_txt.is_file():
+        _say(5, f"no item knowledge: {kg_txt} does not exist")
+        return
+    _say(5, f"item knowledge {kg_txt} -> {settings.topic_triples} -> sink -> Neo4j")
+    payloads = [t.to_json() for t in tqdm(kg_txt_triples(kg_txt), desc="read kg.txt", unit="fact")]
+    asyncio.run(publish_payloads(settings, settings.topic_triples, payloads, desc="publish item knowledge"))
 
 
 def _show_graph(settings: Settings, work: Path, processes: list[subprocess.Popen], began: float) -> int:
@@ -214,6 +231,8 @@ def _show_graph(settings: Settings, work: Path, processes: list[subprocess.Popen
         f"\nwhere to look:\n"
         f"  Neo4j  {settings.neo4j_url}  user {settings.neo4j_user}, password in {settings.neo4j_password_file}\n"
         f"         e.g. MATCH (i:Item {{id: '{top_item}'}})-[r:NEXT]->(j) RETURN i, r, j ORDER BY r.count DESC\n"
+        f"              MATCH (i:Item {{id: '{top_item}'}})-[:IN_CATEGORY]->(c)<-[:IN_CATEGORY]-(j)<-[:NEXT]-(i)\n"
+        f"              RETURN j.id, c.id   // next items in the same category\n"
         f"  Kafka  {settings.bootstrap_servers}  topics {', '.join(settings.topics.values())}\n"
         f"  logs   {work}/worker.log, {work}/sink.log\n"
         f"  more   .venv/bin/igrec kg summary | kg neighbourhood Item {top_item} --png x.png | stream-eval\n"

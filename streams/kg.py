@@ -95,10 +95,11 @@ class Subgraph:
 def neighbourhood(
     driver: Driver, database: str, label: str, node_id: str, hops: int = 1, limit: int = 30, per_neighbour: int = 4
 ) -> Subgraph:
-    """One node, up to ``limit`` of its neighbours (relationship types in reverse alphabetical order, so item
-    links such as NEXT and RELATED come before clicks), and (``hops`` = 2) up to ``per_neighbour`` of theirs.
+    """One node, up to ``limit`` of its neighbours shared fairly among its relationship types (round robin,
+    so a picture of an item shows its categories, attributes and interests as well as its many NEXT links),
+    and (``hops`` = 2) up to ``per_neighbour`` of each neighbour's own neighbours.
 
-    Fetching hop by hop keeps every direct neighbour in the picture instead of whichever long paths a
+    Fetching hop by hop keeps every chosen direct neighbour in the picture instead of whichever long paths a
     single variable-length match happens to return first. The centre is the first node of the result.
     """
     if label not in NODE_LABELS:
@@ -106,29 +107,43 @@ def neighbourhood(
     if hops not in (1, 2):
         raise ValueError("hops must be 1 or 2")
     records, _, _ = driver.execute_query(
-        f"MATCH (n:{label} {{id: $id}}) "
-        "OPTIONAL MATCH (n)-[r]-(m) WITH n, r, m ORDER BY type(r) DESC LIMIT $limit "
-        "OPTIONAL MATCH (m)-[r2]-(k) WHERE $hops = 2 AND k <> n "
-        "WITH n, r, m, collect([r2, k])[..$per] AS far "
-        "RETURN n, r, m, far",
+        f"MATCH (n:{label} {{id: $id}}) OPTIONAL MATCH (n)-[r]-(m) "
+        "WITH n, type(r) AS kind, collect([r, m])[..$limit] AS near ORDER BY kind "
+        "RETURN n, kind, near",
         id=node_id,
         limit=limit,
-        hops=hops,
-        per=per_neighbour,
         database_=database,
     )
     graph = Subgraph()
+    if not records:
+        return graph
+    _add_node(graph, records[0]["n"])
+    by_kind = [[(r, m) for r, m in record["near"] if r is not None] for record in records]
+    chosen = [pair for pairs in itertools.zip_longest(*by_kind) for pair in pairs if pair is not None][:limit]
     seen: set[str] = set()
-    for record in records:
-        _add_node(graph, record["n"])
-        pairs = [(record["r"], record["m"])] + [(r2, k) for r2, k in record["far"] if r2 is not None]
-        for rel, other in pairs:
-            if rel is None or rel.element_id in seen:
-                continue
-            seen.add(rel.element_id)
-            _add_node(graph, other)
-            graph.rels.append((rel.start_node.element_id, rel.type, dict(rel), rel.end_node.element_id))
+    _add_pairs(graph, chosen, seen)
+    if hops == 2 and chosen:
+        far, _, _ = driver.execute_query(
+            "UNWIND $ids AS mid MATCH (m) WHERE elementId(m) = mid "
+            "OPTIONAL MATCH (m)-[r2]-(k) WHERE elementId(k) <> $centre "
+            "WITH m, collect([r2, k])[..$per] AS far RETURN far",
+            ids=[m.element_id for _, m in chosen],
+            centre=records[0]["n"].element_id,
+            per=per_neighbour,
+            database_=database,
+        )
+        for record in far:
+            _add_pairs(graph, [(r2, k) for r2, k in record["far"] if r2 is not None], seen)
     return graph
+
+
+def _add_pairs(graph: Subgraph, pairs: list[tuple[Any, Any]], seen: set[str]) -> None:
+    for rel, other in pairs:
+        if rel.element_id in seen:
+            continue
+        seen.add(rel.element_id)
+        _add_node(graph, other)
+        graph.rels.append((rel.start_node.element_id, rel.type, dict(rel), rel.end_node.element_id))
 
 
 def _add_node(graph: Subgraph, n: Any) -> None:

@@ -251,3 +251,18 @@ def test_neighbourhood_keeps_every_direct_neighbour(settings: Settings) -> None:
     assert ids[0] == "c", "the centre comes first"
     assert {f"k{i}" for i in range(5)} <= set(ids), "every direct neighbour is kept"
     assert sum(i.startswith("o") for i in ids) == 3, "second hop capped per neighbour"
+
+
+def test_neighbourhood_shares_its_limit_among_relationship_types(settings: Settings) -> None:
+    from streams.kg import neighbourhood
+    from streams.neo4j_sink import write_triples
+
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    facts = [edge(("Item", f"{prefix}c"), "NEXT", ("Item", f"{prefix}n{i}"), count=1) for i in range(40)]
+    facts += [edge(("Item", f"{prefix}c"), "IN_CATEGORY", ("Category", f"{prefix}cat"))]
+    facts += [edge(("Item", f"{prefix}c"), "HAS", ("Entity", f"{prefix}brand:{i}"), relation="brand") for i in range(2)]
+    with connect(settings) as driver:
+        write_triples(driver, settings.neo4j_database, facts)
+        near = neighbourhood(driver, settings.neo4j_database, "Item", f"{prefix}c", limit=10)
+    kinds = Counter(kind for _, kind, _, _ in near.rels)
+    assert kinds == {"IN_CATEGORY": 1, "HAS": 2, "NEXT": 7}, "every type shows, the rest of the limit is NEXT"
