@@ -1,7 +1,7 @@
 """HR@20 / MRR@20 of two checkpoints on the same test split, bucketed by how often the target item was clicked
 in the training sessions (tail = rarely clicked). Writes a JSON table and a PNG bar chart.
 
-    python bench/fusion_by_popularity.py --data DIR --checkpoints runs/X_id/best.pt runs/X_kg/best.pt \
+    PYTHONPATH=. python bench/fusion_by_popularity.py --data DIR --checkpoints runs/X_id/best.pt runs/X_kg/best.pt \
         --labels id id+kg --out runs/X_popularity
 
 Why: knowledge fusion should matter most for items with few clicks, whose id embeddings get few updates
