@@ -54,7 +54,7 @@ def main() -> None:
         print(bucket_name(lo, hi), json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(table, indent=2))
-    plot(table, args.labels, split.name, Path(args.out + ".png"))
+    plot(table, args.labels, Path(args.data).name, Path(args.out + ".png"))
 
 
 def plot(table: dict, labels: list[str], name: str, path: Path) -> None:
