@@ -60,15 +60,20 @@ class ExportOptions:
 
 
 def load_network(checkpoint: str | Path) -> tuple[nn.Module, dict]:
-    """(eval-mode CPU network, the checkpoint dict without weights) from a ``best.pt`` / ``checkpoint.pt``."""
+    """(eval-mode CPU network, the checkpoint dict without weights) from a ``best.pt`` / ``checkpoint.pt``.
+
+    A multimodal item encoder is frozen into a plain id embedding holding its fused table (a constant at
+    inference), so the exported graph and the parity check see the id-only network shape."""
+    from model.multimodal import freeze_item_encoder, item_encoder_from_state
     from model.network import ModelConfig, build_network
 
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{checkpoint}: not an igrec checkpoint (expected keys 'model' and 'config')")
-    net = build_network(ModelConfig.from_dict(state["config"]))
+    net = build_network(ModelConfig.from_dict(state["config"]), item_encoder_from_state(state))
     net.load_state_dict(state["model"])
-    return net.eval(), {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
+    rest = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
+    return freeze_item_encoder(net.eval()), rest
 
 
 def git_commit(repo: Path = REPO) -> dict:

@@ -43,10 +43,11 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     """(network, train config dict) from a ``best.pt`` / ``checkpoint.pt`` (``weights_only=True``)."""
     import torch
 
+    from model.multimodal import item_encoder_from_state
     from model.network import ModelConfig, build_network
 
     state = torch.load(path, weights_only=True, map_location=device)
-    net = build_network(ModelConfig.from_dict(state["config"]))
+    net = build_network(ModelConfig.from_dict(state["config"]), item_encoder_from_state(state))
     net.load_state_dict(state["model"])
     return net.to(device).eval(), state.get("train", {})
 

@@ -49,6 +49,10 @@ class TrainConfig:
     resume: bool = False
     test_each_epoch: bool = True
     model: dict = field(default_factory=dict)
+    kg: str | None = None
+    item_features: dict = field(default_factory=dict)
+    fusion: dict = field(default_factory=dict)
+    lr_groups: dict = field(default_factory=dict)
 
 
 def load_dataset(data: str, raw_format: str | None = None) -> SessionSplit:
@@ -88,15 +92,32 @@ def linear_schedule(total_steps: int, warmup: float, final: float):
     return factor
 
 
-def parameter_groups(net, lr: float, lr_embedding: float | None, weight_decay: float) -> list[dict]:
-    """Optimiser groups with their own learning rates: the item encoder and the rest of the network."""
-    enc = [p for p in net.item_encoder.parameters() if p.requires_grad]
-    enc_ids = {id(p) for p in enc}
+def parameter_groups(net, lr: float, lr_embedding: float | None, weight_decay: float,
+                     lr_groups: dict | None = None) -> list[dict]:
+    """Optimiser groups with their own learning rates: the item encoder and the rest of the network.
+
+    An encoder with ``parameter_groups()`` (the multimodal one: ``id``, ``text``, ``image``, ``knowledge``,
+    ``fusion``) gets one optimiser group per encoder group; ``lr_groups`` maps a group name to its rate
+    (default ``lr_embedding or lr``)."""
+    encoder = net.item_encoder
+    named = encoder.parameter_groups() if hasattr(encoder, "parameter_groups") else {
+        "item_encoder": list(encoder.parameters())}
+    lr_groups = lr_groups or {}
+    groups = [{"params": [p for p in params if p.requires_grad], "lr": lr_groups.get(name, lr_embedding or lr),
+               "weight_decay": weight_decay, "name": name} for name, params in named.items()]
+    enc_ids = {id(p) for g in groups for p in g["params"]}
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in enc_ids]
-    return [
-        {"params": enc, "lr": lr_embedding or lr, "weight_decay": weight_decay, "name": "item_encoder"},
-        {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "network"},
-    ]
+    return [*groups, {"params": rest, "lr": lr_groups.get("network", lr), "weight_decay": weight_decay,
+                      "name": "network"}]
+
+
+def make_item_encoder(cfg: TrainConfig, n_items: int, dim: int):
+    """The multimodal encoder when the run has ``kg`` or ``item_features``, else None (id embedding)."""
+    if not cfg.kg and not cfg.item_features:
+        return None
+    from model.multimodal import build_item_encoder
+
+    return build_item_encoder(n_items, dim, kg=cfg.kg, features=cfg.item_features, **cfg.fusion)
 
 
 def make_model_config(cfg: TrainConfig, n_items: int):
@@ -136,12 +157,14 @@ def train(cfg: TrainConfig) -> dict:
         val = val.subset(np.random.default_rng(cfg.seed + 1).permutation(len(val))[: cfg.val_max_cases])
 
     mcfg = make_model_config(cfg, split.n_items)
-    net = build_network(mcfg).to(device)
+    encoder = make_item_encoder(cfg, split.n_items, mcfg.dim)
+    net = build_network(mcfg, encoder).to(device)
+    extra = {"item_encoder": encoder.spec()} if encoder is not None else {}
     if getattr(mcfg, "use_global", False) and mcfg.arch == "igrec":
         gg = build_global_graph(fit_sessions, split.n_items, mcfg.global_neighbors)
         net.set_global_graph(gg.neighbors, gg.weights)
     steps_per_epoch = math.ceil(len(fit) / cfg.batch_size)
-    opt = torch.optim.AdamW(parameter_groups(net, cfg.lr, cfg.lr_embedding, cfg.weight_decay),
+    opt = torch.optim.AdamW(parameter_groups(net, cfg.lr, cfg.lr_embedding, cfg.weight_decay, cfg.lr_groups),
                             fused=device.type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, linear_schedule(steps_per_epoch * cfg.epochs, cfg.warmup, cfg.final_lr_fraction))
@@ -171,6 +194,8 @@ def train(cfg: TrainConfig) -> dict:
             inputs, target = batch_tensors(fit, index, cfg.max_len, cfg.binary_adj, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = -net.log_likelihood(target, *inputs).float().mean()
+                if encoder is not None:
+                    loss = loss + encoder.alignment_loss(torch.cat([target, inputs[0].reshape(-1)])).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -190,11 +215,11 @@ def train(cfg: TrainConfig) -> dict:
         improved = val_metrics["HR@20"] > best["HR@20"]
         if improved:
             best = {"epoch": epoch + 1, "HR@20": val_metrics["HR@20"]}
-            torch.save({"model": net.state_dict(), "config": mcfg.to_dict(), "train": asdict(cfg)},
+            torch.save({"model": net.state_dict(), "config": mcfg.to_dict(), "train": asdict(cfg), **extra},
                        out / "best.pt")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "config": mcfg.to_dict(), "train": asdict(cfg), "history": history, "best": best,
-                    "epoch": epoch, "torch_rng": torch.get_rng_state()}, ckpt_path)
+                    "epoch": epoch, "torch_rng": torch.get_rng_state(), **extra}, ckpt_path)
         test_txt = (f" test HR@20 {row['test']['HR@20']:.2f} MRR@20 {row['test']['MRR@20']:.2f}"
                     if "test" in row else "")
         print(f"epoch {epoch + 1}: loss {row['loss']:.4f} ({train_time:.0f}s) val HR@20 "
@@ -256,6 +281,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-test-each-epoch", dest="test_each_epoch", action="store_false")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. --set interests=4 --set use_repeat=false")
+    p.add_argument("--kg", help="kg.txt (item relation entity): fuse knowledge into the item embeddings "
+                   "(model/multimodal.py)")
+    p.add_argument("--item-features", action="append", default=[], metavar="NAME=PATH",
+                   help="dense item modality: .npz with features [n_items+1, F] and present [n_items+1]; "
+                   "NAME 'text' joins the attention query, others are tokens (e.g. image=img.npz)")
+    p.add_argument("--fusion", action="append", default=[], metavar="KEY=VALUE",
+                   help="multimodal encoder option (EncoderConfig), e.g. --fusion align_weight=0.1")
+    p.add_argument("--lr-group", action="append", default=[], metavar="NAME=LR",
+                   help="learning rate of one parameter group: id, text, image, knowledge, fusion, network")
 
 
 def parse_model_options(pairs: list[str]) -> dict:
@@ -277,4 +311,7 @@ def parse_model_options(pairs: list[str]) -> dict:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     values["model"] = parse_model_options(args.set)
+    values["item_features"] = dict(pair.split("=", 1) for pair in args.item_features)
+    values["fusion"] = parse_model_options(args.fusion)
+    values["lr_groups"] = {k: float(v) for k, v in parse_model_options(args.lr_group).items()}
     return TrainConfig(**values)
