@@ -84,15 +84,19 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True)
-    p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"])
+    """Arguments of ``igrec evaluate``: the test split of ``--data`` ranked by a checkpoint or a baseline."""
+    p.add_argument("--data", required=True, help="split folder whose test.tsv is ranked (or a raw log)")
+    p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"],
+                   help="read --data as a raw log with the SR-GNN preprocessing")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--checkpoint", help="best.pt or checkpoint.pt of a training run")
-    group.add_argument("--baseline", choices=["pop", "sknn"])
+    group.add_argument("--baseline", choices=["pop", "sknn"],
+                      help="pop: most clicked items; sknn: session-kNN over the training sessions")
     p.add_argument("--sknn-k", type=int, default=100, help="SKNN neighbours")
     p.add_argument("--sknn-sample", type=int, default=1000, help="SKNN candidate sessions (most recent)")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--batch-size", type=int, default=512, help="test cases per step")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="no bf16 autocast for the graph network (the all-item scores stay float32)")
     p.add_argument("--out", help="write the metrics JSON here")

@@ -265,20 +265,40 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``igrec train`` (one per :class:`TrainConfig` field; model options via ``--set``)."""
-    p.add_argument("--data", required=True, help="split folder, or a raw click log with --raw-format")
-    p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"])
-    p.add_argument("--out", default="runs/igrec")
-    p.add_argument("--arch", choices=["igrec", "srgnn", "gru4rec"], default="igrec")
-    for name, typ in [("epochs", int), ("batch-size", int), ("eval-batch-size", int), ("lr", float),
-                      ("lr-embedding", float), ("weight-decay", float), ("warmup", float),
-                      ("val-fraction", float), ("val-max-cases", int), ("max-train-cases", int),
-                      ("patience", int), ("seed", int), ("threads", int), ("max-len", int)]:
-        p.add_argument(f"--{name}", type=typ, default=getattr(TrainConfig, name.replace("-", "_"), None))
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--no-bf16", dest="bf16", action="store_false")
-    p.add_argument("--binary-adj", action="store_true")
+    d = TrainConfig(data="")
+    p.add_argument("--data", required=True, help="split folder (train_sessions.txt + test.tsv), or a raw click "
+                   "log with --raw-format")
+    p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"],
+                   help="read --data as a raw log with the SR-GNN preprocessing (model/data.py)")
+    p.add_argument("--out", default=d.out, help="run folder: best.pt, checkpoint.pt, results.json, curves.png")
+    p.add_argument("--arch", choices=["igrec", "srgnn", "gru4rec"], default=d.arch,
+                   help="igrec (multi-interest GGNN), srgnn (its plain single-graph baseline) or gru4rec")
+    options = [
+        ("epochs", int, "maximum epochs (early stopping may end sooner)"),
+        ("batch-size", int, "training cases per step (batches hold prefixes of similar length)"),
+        ("eval-batch-size", int, "cases per evaluation step"),
+        ("lr", float, "peak learning rate of the network (AdamW; linear warm-up, then linear decay)"),
+        ("lr-embedding", float, "peak learning rate of the item encoder (default: --lr)"),
+        ("weight-decay", float, "AdamW weight decay"),
+        ("warmup", float, "share of all steps spent warming the learning rate up"),
+        ("val-fraction", float, "newest share of training sessions held out for validation / early stopping"),
+        ("val-max-cases", int, "at most this many validation cases (a seeded sample)"),
+        ("max-train-cases", int, "train on a seeded sample of this many cases (default: all)"),
+        ("patience", int, "epochs without a better validation HR@20 before stopping"),
+        ("seed", int, "seed of sampling, shuffling and initialisation"),
+        ("threads", int, "torch CPU threads (default: all cores); use 1 next to another busy process"),
+        ("max-len", int, "clicks of a prefix the network sees (the most recent ones)"),
+    ]
+    for name, typ, text in options:
+        default = getattr(d, name.replace("-", "_"))
+        shown = "" if default is None or "(default" in text else f" (default {default})"
+        p.add_argument(f"--{name}", type=typ, default=default, help=text + shown)
+    p.add_argument("--device", default=d.device, help="cpu or cuda (a GPU where one exists)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (default: bf16 autocast)")
+    p.add_argument("--binary-adj", action="store_true", help="0/1 edges (SR-GNN code) instead of count-weighted")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--no-test-each-epoch", dest="test_each_epoch", action="store_false")
+    p.add_argument("--no-test-each-epoch", dest="test_each_epoch", action="store_false",
+                   help="evaluate the test split only once, with the best validation epoch")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. --set interests=4 --set use_repeat=false")
     p.add_argument("--kg", help="kg.txt (item relation entity): fuse knowledge into the item embeddings "
