@@ -9,7 +9,10 @@ nothing in the graph.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -29,3 +32,22 @@ class Fact:
     props: dict[str, Any] = field(default_factory=dict)
     head_props: dict[str, Any] = field(default_factory=dict)
     tail_props: dict[str, Any] = field(default_factory=dict)
+
+
+def to_json_line(fact: Fact) -> str:
+    """One JSON object with the fact's fields in declaration order; empty node-property maps are left out
+    (they mean the same as absent), so a relationship fact reads ``head_label .. tail_id, props``."""
+    data = {k: v for k, v in fact.__dict__.items() if not (k in ("head_props", "tail_props") and not v)}
+    return json.dumps(data, ensure_ascii=False)
+
+
+def write_facts(path: str | Path, facts: Iterable[Fact]) -> int:
+    """Write ``facts`` as JSON lines (the file ``igrec kg load`` reads); returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for fact in facts:
+            handle.write(to_json_line(fact) + "\n")
+            count += 1
+    return count

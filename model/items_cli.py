@@ -8,7 +8,6 @@ CNN, print held-out retrieval against chance), ``facts`` (item-side knowledge fa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -125,6 +124,7 @@ def run_images(args: argparse.Namespace) -> None:
 def run_facts(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from model.facts import write_facts
     from model.image_features import PALETTE, image_attributes
     from model.knowledge import BrandModel, colour_vocabulary, fashion_facts, kg_facts
     from model.text_features import TfIdf
@@ -138,15 +138,9 @@ def run_facts(args: argparse.Namespace) -> None:
     tfidf = TfIdf.fit([it.title for it in items])
     facts = fashion_facts(items, tfidf, attributes, brands, colours, top=args.top, prefix=args.prefix)
     sources = [facts] + [kg_facts(path, prefix) for path, prefix in args.kg]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with out.open("w", encoding="utf-8") as handle:
-        for source in sources:
-            for fact in tqdm(source, desc="facts", unit=" facts", mininterval=1.0):
-                handle.write(json.dumps(fact.__dict__, ensure_ascii=False, sort_keys=False) + "\n")
-                count += 1
-    print(f"wrote {count} facts to {out}")
+    facts = (fact for source in sources for fact in tqdm(source, desc="facts", unit=" facts", mininterval=1.0))
+    count = write_facts(args.out, facts)
+    print(f"wrote {count} facts to {args.out}")
 
 
 def run_picture(args: argparse.Namespace) -> None:

@@ -407,8 +407,3 @@ def predict_facts(model: LinkPredictor, data: LinkData, threshold: float = 0.9, 
                  {"type": data.relations[r], "score": round(float(v), 6)})
             for (r, h, t), v in sorted(best.items(), key=lambda kv: -kv[1])]
 
-
-def fact_json(fact: Fact) -> str:
-    """One JSON line with exactly ``head_label, head_id, rel, tail_label, tail_id, props``."""
-    keys = ("head_label", "head_id", "rel", "tail_label", "tail_id", "props")
-    return json.dumps({k: getattr(fact, k) for k in keys}, ensure_ascii=False)

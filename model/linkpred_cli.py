@@ -106,12 +106,13 @@ def _evaluate_command(args: argparse.Namespace) -> None:
 def _predict_command(args: argparse.Namespace) -> None:
     import torch
 
-    from model.linkpred import fact_json, load_checkpoint, predict_facts
+    from model.facts import write_facts
+    from model.linkpred import load_checkpoint, predict_facts
 
     torch.set_num_threads(args.threads)
     model, _, data = load_checkpoint(args.checkpoint)
     facts = predict_facts(model, data, args.threshold, args.top_k, args.relation, args.label, args.prefix)
-    Path(args.out).write_text("".join(fact_json(f) + "\n" for f in facts))
+    write_facts(args.out, facts)
     print(f"{len(facts)} facts -> {args.out}")
 
 

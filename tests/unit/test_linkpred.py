@@ -161,7 +161,8 @@ def test_model_learns_two_cliques(trained):
 
 
 def test_facts_are_new_links_only(trained):
-    from model.linkpred import fact_json, predict_facts
+    from model.facts import to_json_line
+    from model.linkpred import predict_facts
 
     model, _, data, missing, _ = trained
     facts = predict_facts(model, data, threshold=0.0, top_k=3)
@@ -173,7 +174,7 @@ def test_facts_are_new_links_only(trained):
         assert 0.0 <= f.props["score"] <= 1.0
     found = {(f.props["type"], *sorted((f.head_id, f.tail_id))) for f in facts}
     assert {(data.relations[r], *sorted((data.nodes[i], data.nodes[j]))) for r, i, j in missing} <= found
-    line = json.loads(fact_json(facts[0]))
+    line = json.loads(to_json_line(facts[0]))
     assert list(line) == ["head_label", "head_id", "rel", "tail_label", "tail_id", "props"]
     high = predict_facts(model, data, threshold=0.999999, top_k=3)
     assert len(high) < len(facts)
