@@ -267,7 +267,7 @@ class IGRec(nn.Module):
         mean = (emb * node_mask[..., None]).sum(1) / node_mask.sum(1, keepdim=True).clamp(min=1)
         nbrs = self.global_neighbors[items]
         weights = self.global_weights[items].to(emb.dtype)
-        return self.global_agg(emb, self.dropout(self.item_encoder(nbrs)), weights, mean)
+        return self.dropout(self.global_agg(emb, self.item_encoder(nbrs), weights, mean))
 
     def _fuse_interests(self, reps: torch.Tensor, last_emb: torch.Tensor) -> torch.Tensor:
         """reps [B, k, D] -> [B, D], attention over interests with the last click as query."""
@@ -319,11 +319,14 @@ class IGRec(nn.Module):
         The scale goes on the [B, D] side and the float32 cast is fused into the padding add, so the
         [B, V] tensor is touched as few times as possible (it dominates the step time on CPU).
         """
-        table = self.item_encoder.table()
-        if self.config.normalize:
-            session = F.normalize(session, dim=-1) * self.config.scale
-            table = F.normalize(table, dim=-1)
+        session, table = self._score_inputs(session, self.item_encoder.table())
         return _score(session, table, self.training)
+
+    def _score_inputs(self, session: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query [B, D], table [V, D]) whose dot products are the logits: NISER-normalised and scaled."""
+        if self.config.normalize:
+            return F.normalize(session, dim=-1) * self.config.scale, F.normalize(table, dim=-1)
+        return session, table
 
     def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
         """log p(target) [B] (float32) without materialising [B, V] log-probabilities: the training loss.
@@ -332,7 +335,8 @@ class IGRec(nn.Module):
         logsumexp, which roughly halves the CPU step time against log_softmax + nll.
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = target_log_softmax(self.logits(session), target)[:, None]
+        explore = target_log_likelihood(*self._score_inputs(session, self.item_encoder.table()[1:]), target)
+        explore = explore[:, None]
         if not self.config.use_repeat:
             return explore.squeeze(1)
         node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
@@ -364,17 +368,21 @@ class GRU4Rec(nn.Module):
         self.gru = nn.GRU(config.dim, config.dim, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
 
-    def logits(self, items, alias, mask) -> torch.Tensor:
-        """[B, n_items + 1] float32 scores (column 0 = NEG) from the GRU state after the last click."""
+    def _last_state(self, items, alias, mask) -> torch.Tensor:
+        """[B, D] GRU state after the last click (dropped out in training)."""
         clicks = torch.gather(items, 1, alias) * mask.long()
         out, _ = self.gru(self.dropout(self.item_encoder(clicks)))
         last_index = (mask.sum(1) - 1).clamp(min=0).long()
         last = torch.gather(out, 1, last_index.view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)
-        return _score(self.dropout(last), self.item_encoder.table(), self.training)
+        return self.dropout(last)
+
+    def logits(self, items, alias, mask) -> torch.Tensor:
+        """[B, n_items + 1] float32 scores (column 0 = NEG) from the GRU state after the last click."""
+        return _score(self._last_state(items, alias, mask), self.item_encoder.table(), self.training)
 
     def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
         """log p(target) [B] (see :meth:`IGRec.log_likelihood`)."""
-        return target_log_softmax(self.logits(items, alias, mask), target)
+        return target_log_likelihood(self._last_state(items, alias, mask), self.item_encoder.table()[1:], target)
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
         return torch.log_softmax(self.logits(items, alias, mask), -1)
@@ -405,6 +413,12 @@ class _TargetLogSoftmax(torch.autograd.Function):
 def target_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """log p(target) [B] under softmax(logits [B, V]) (float32 logits expected)."""
     return _TargetLogSoftmax.apply(logits, target)
+
+
+def target_log_likelihood(query: torch.Tensor, items: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log p(target) [B] under softmax over ``query [B, D] . items [V, D]^T``, where ``items`` are the
+    real items 1..V (no padding row, so the [B, V] logits need no masking pass) and ``target`` in 1..V."""
+    return target_log_softmax(torch.matmul(query, items.t()), target - 1)
 
 
 def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
