@@ -188,12 +188,13 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             context=event.context,
         )
         await publish(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
-        new_item = scoring.known_item and event.item_id not in interest_items_sent
-        if new_item and scoring.interests is not None:
+        item_interests = None
+        if scoring.known_item and scoring.interests is not None and event.item_id not in interest_items_sent:
             if len(interest_items_sent) >= INTEREST_ITEMS_REMEMBERED:
                 interest_items_sent.clear()
             interest_items_sent.add(event.item_id)
-        for fact in event_triples(event, step, scoring, model_version, new_item):
+            item_interests = [float(w) for w in scorer.interest_weights([scoring.clicked])]
+        for fact in event_triples(event, step, scoring, model_version, item_interests):
             await publish(settings.topic_triples, key, fact)
         if step.previous_item is not None:
             transition = {"head": step.previous_item, "tail": event.item_id, "p": item.partition, "o": item.offset}
@@ -277,15 +278,19 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 @dataclass(frozen=True)
 class Scoring:
     """The scorer's answer for one event: top-K external ids and log-probabilities (empty when not scored),
-    whether the clicked item is in the model's vocabulary, and the session's interest weights (the mean
-    interest assignment of its known items; None without an interest table or a known item)."""
+    the clicked item's model index (0 when it is not in the model's vocabulary), and the session's interest
+    weights (the mean interest assignment of its known items; None without an interest table or a known
+    item)."""
 
     items: list[str]
     scores: list[float]
     scored: bool
-    known_item: bool
+    clicked: int
     interests: list[float] | None
-    item_interests: list[float] | None
+
+    @property
+    def known_item(self) -> bool:
+        return self.clicked > 0
 
 
 def score_batch(scorer: Any, steps: list[Step]) -> list[Scoring]:
@@ -304,27 +309,26 @@ def score_batch(scorer: Any, steps: list[Step]) -> list[Scoring]:
     for b, session in enumerate(indices):
         clicked = int(session[-1]) if len(session) else 0
         weights = scorer.interest_weights(known[b])
-        item_weights = scorer.interest_weights([clicked]) if clicked else None
         row = row_of.get(b)
         results.append(Scoring(
             items=[str(x) for x in scorer.external_ids(top[row])] if row is not None else [],
             scores=[float(x) for x in scores[row]] if row is not None else [],
             scored=row is not None,
-            known_item=bool(clicked),
+            clicked=clicked,
             interests=None if weights is None else [float(w) for w in weights],
-            item_interests=None if item_weights is None else [float(w) for w in item_weights],
         ))
     return results
 
 
 def event_triples(event: Event, step: Step, scoring: Scoring | None = None, model_version: str = "",
-                  new_item: bool = False) -> list[bytes]:
+                  item_interests: list[float] | None = None) -> list[bytes]:
     """The knowledge facts one event creates, as absolute values (safe to re-deliver).
 
     With interest weights: ``(User)-[:INTERESTED_IN {weight}]->(Interest)`` per interest, the weights of
-    the user's current session (so the graph holds each user's latest interests), and, when ``new_item``
-    (first time this worker process meets the item), ``(Item)-[:IN_INTEREST {weight}]->(Interest)``, a
-    constant of the model. Interest ids are ``<model_version>/<m>``: another model's interests are other nodes.
+    the user's current session (so the graph holds each user's latest interests), and, given the clicked
+    item's ``item_interests`` (the worker passes them the first time its process meets the item),
+    ``(Item)-[:IN_INTEREST {weight}]->(Interest)``, a constant of the model. Interest ids are
+    ``<model_version>/<m>``: another model's interests are other nodes.
     """
     if not step.found:
         return []
@@ -336,9 +340,9 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
     if scoring is not None and scoring.interests is not None:
         facts += [edge(("User", event.user_id), "INTERESTED_IN", ("Interest", f"{model_version}/{m}"), weight=w)
                   for m, w in enumerate(scoring.interests)]
-        if new_item and scoring.item_interests is not None:
+        if item_interests is not None:
             facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
-                      for m, w in enumerate(scoring.item_interests)]
+                      for m, w in enumerate(item_interests)]
     return [fact.to_json() for fact in facts]
 
 

@@ -42,8 +42,8 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
     assert (results[0].items, results[0].scores, results[0].scored) == (["2", "1"], [2.0, 1.0], True)
     assert results[0].known_item and not results[1].known_item
     assert np.allclose(results[0].interests, [0.15, 0.85]), "mean over the known clicks 1 and 2"
-    assert np.allclose(results[0].item_interests, [0.2, 0.8]), "the clicked item's own weights"
-    assert results[1].interests is None and results[1].item_interests is None
+    assert results[0].clicked == 2, "the clicked item's model index"
+    assert results[1].interests is None and results[1].clicked == 0
     assert [(r.items, r.scores, r.scored) for r in results[1:]] == [([], [], False)] * 2
     assert scorer.calls == ([[1, 2]], [[[3]]]), "one batched call with only known items"
 
@@ -51,12 +51,13 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
 def test_interest_triples_carry_absolute_weights_and_item_facts_only_when_new() -> None:
     event = Event(schema_version=1, event_id="e", user_id="u", item_id="2", ts=1.7e9)
     scoring = score_batch(FakeScorer(), [step(["1", "2"], position=1)])[0]
-    facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", True)]
+    own = [float(w) for w in FakeScorer().interest_weights([scoring.clicked])]
+    facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", own)]
     user = [f for f in facts if f["rel"] == "INTERESTED_IN"]
     assert [(f["tail"]["id"], round(f["props"]["weight"], 6)) for f in user] == [("m1/0", 0.15), ("m1/1", 0.85)]
     item = [f for f in facts if f["rel"] == "IN_INTEREST"]
     assert [(f["head"]["id"], round(f["props"]["weight"], 6)) for f in item] == [("2", 0.2), ("2", 0.8)]
-    again = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", False)]
+    again = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1")]
     assert "IN_INTEREST" not in {f["rel"] for f in again}
 
 
