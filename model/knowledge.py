@@ -233,9 +233,17 @@ def relation_names(kg_path: str | Path) -> dict[int, str]:
 
 
 def read_kg(kg_path: str | Path) -> np.ndarray:
-    """Distinct ``(item, relation, entity)`` rows of a ``kg.txt``: int64 ``[n, 3]``, sorted."""
-    triples = np.loadtxt(kg_path, dtype=np.int64, ndmin=2)
-    return np.unique(triples, axis=0)
+    """Distinct ``(item, relation, entity)`` rows of a ``kg.txt`` (``item relation entity`` integer lines):
+    int64 ``[n, 3]`` in the order of first appearance. The one kg.txt reader: facts, link prediction and the
+    knowledge encoder all start here."""
+    triples = np.loadtxt(kg_path, dtype=np.int64, ndmin=2).reshape(-1, 3)
+    _, first = np.unique(triples, axis=0, return_index=True)
+    return triples[np.sort(first)]
+
+
+def relation_name(names: Mapping[int, str], relation: int) -> str:
+    """A relation's name from :func:`relation_names`, ``r<id>`` when it has none."""
+    return names.get(relation, f"r{relation}")
 
 
 def kg_facts(kg_path: str | Path, prefix: str = "") -> Iterator[Fact]:
@@ -243,36 +251,12 @@ def kg_facts(kg_path: str | Path, prefix: str = "") -> Iterator[Fact]:
     ``(Item)-[:IN_CATEGORY]->(Category)``, any other -> ``(Item)-[:HAS {relation}]->(Entity)``."""
     names = relation_names(kg_path)
     for item, relation, entity in read_kg(kg_path).tolist():
-        name = names.get(relation, f"r{relation}")
+        name = relation_name(names, relation)
         if name in CATEGORY_RELATIONS:
             yield Fact("Item", f"{prefix}{item}", "IN_CATEGORY", "Category", f"{prefix}{entity}")
         else:
             yield Fact("Item", f"{prefix}{item}", "HAS", "Entity", f"{prefix}{name}:{entity}",
                        props={"relation": name})
-
-
-def kg_entity_slots(kg_path: str | Path, n_items: int, per_relation: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
-    """Entity ids per item for a knowledge encoder (entity embeddings): ``(slots, present, n_entities)``.
-
-    ``slots`` int64 ``[n_items + 1, n_relations * per_relation]``: column ``r * per_relation + j`` holds
-    1 + the index of the item's ``j``-th entity (ascending) for relation ``r``, 0 where it has none (row 0
-    = padding). Entities are indexed densely in the order of their kg.txt ids, so ``n_entities + 1`` rows
-    of an embedding table cover them with 0 as padding. ``present`` bool ``[n_items + 1]``: the item has
-    any triple. Items above ``n_items`` are ignored.
-    """
-    triples = read_kg(kg_path)
-    triples = triples[triples[:, 0] <= n_items]
-    entities, dense = np.unique(triples[:, 2], return_inverse=True)
-    n_relations = int(triples[:, 1].max()) + 1 if len(triples) else 0
-    slots = np.zeros((n_items + 1, n_relations * per_relation), dtype=np.int64)
-    filled: Counter[tuple[int, int]] = Counter()
-    for (item, relation, _), entity in zip(triples.tolist(), dense.tolist(), strict=True):
-        j = filled[(item, relation)]
-        if j < per_relation:
-            slots[item, relation * per_relation + j] = entity + 1
-            filled[(item, relation)] += 1
-    present = (slots > 0).any(axis=1)
-    return slots, present, len(entities)
 
 
 # ---------------------------------------------------------------- the fashion catalogue

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.knowledge import read_kg, relation_name, relation_names
+
 
 @dataclass
 class LinkData:
@@ -153,18 +155,11 @@ def session_edges(sessions: list[list[str]], min_gap: int, max_gap: int) -> set[
     return out
 
 
-def read_kg(path: Path) -> list[tuple[str, str, str]]:
-    """``head relation tail`` lines; relation ids named from a ``relations.txt`` beside it (``name:id``) if any."""
-    names: dict[str, str] = {}
-    rel_file = path.parent / "relations.txt"
-    if rel_file.exists():
-        for line in rel_file.read_text().split():
-            name, _, rid = line.rpartition(":")
-            names[rid] = name
-    triples = []
-    for h, r, t in _read_lines(path, 3):
-        triples.append((h, names.get(r, f"rel{r}"), t))
-    return triples
+def named_kg(path: Path) -> list[tuple[str, str, str]]:
+    """``(item, relation name, entity)`` rows of a ``kg.txt`` (:func:`model.knowledge.read_kg`), relations
+    named as in the knowledge graph (``brand_id:2`` in ``relations.txt`` -> ``brand``; else ``r<id>``)."""
+    names = relation_names(path)
+    return [(str(h), relation_name(names, r), str(t)) for h, r, t in read_kg(path).tolist()]
 
 
 def hold_out(
@@ -267,7 +262,7 @@ def build_item_graph(
     context = []
     if with_kg and (folder / "kg.txt").exists():
         items = {i for pairs in edges.values() for p in pairs for i in p}
-        context = [(h, r, "e" + t) for h, r, t in read_kg(folder / "kg.txt") if h in items]
+        context = [(h, r, "e" + t) for h, r, t in named_kg(folder / "kg.txt") if h in items]
     return hold_out(edges, context, valid_share, test_share, seed)
 
 

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.knowledge import read_kg as knowledge_rows
 from model.network import NEG, ItemEmbedding
 
 TEXT = "text"
@@ -115,17 +116,15 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_kg(path: str | Path, n_items: int, kg_max: int = 16) -> tuple[np.ndarray, np.ndarray, int, int]:
+def kg_slots(path: str | Path, n_items: int, kg_max: int = 16) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Per-item padded knowledge pairs from ``item relation entity`` lines (DSR-HK ``kg.txt``).
 
     Returns ``(relations int64 [n_items + 1, kg_max], entities int64 [n_items + 1, kg_max], n_entities,
     n_relations)``; ids renumbered from 1 (0 = no pair), pairs in file order, duplicates removed, at most
     ``kg_max`` per item; heads outside ``1..n_items`` are dropped (not in the split).
     """
-    triples = np.loadtxt(path, dtype=np.int64, ndmin=2)
+    triples = knowledge_rows(path)
     triples = triples[(triples[:, 0] >= 1) & (triples[:, 0] <= n_items)]
-    _, first = np.unique(triples, axis=0, return_index=True)
-    triples = triples[np.sort(first)]
     _, rel = np.unique(triples[:, 1], return_inverse=True)
     _, ent = np.unique(triples[:, 2], return_inverse=True)
     order = np.argsort(triples[:, 0], kind="stable")
@@ -377,7 +376,7 @@ def build_item_encoder(n_items: int, dim: int, kg: str | None = None, features: 
     sources = {name: {"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for name, p in features.items()}
     knowledge = None
     if kg:
-        knowledge = read_kg(kg, n_items, kg_max)
+        knowledge = kg_slots(kg, n_items, kg_max)
         sources[KNOWLEDGE] = {"path": str(Path(kg).resolve()), "sha256": sha256_of(kg)}
     config = EncoderConfig(n_items=n_items, dim=dim, dense={k: int(v[0].shape[1]) for k, v in dense.items()},
                            n_entities=knowledge[2] if knowledge else 0,

@@ -15,7 +15,6 @@ from model.knowledge import (
     Observation,
     colour_vocabulary,
     fashion_facts,
-    kg_entity_slots,
     kg_facts,
     normalise,
     resolve,
@@ -172,10 +171,6 @@ def test_kg_facts_are_deduplicated_and_named(tmp_path) -> None:
         ("t:6", "HAS", "t:brand:300", {"relation": "brand"}), ("t:6", "HAS", "t:brand:301", {"relation": "brand"}),
     ]
     assert all(from_fact(f) for f in facts)
-    slots, present, n_entities = kg_entity_slots(tmp_path / "kg.txt", n_items=6, per_relation=2)
-    assert slots.shape == (7, 6) and n_entities == 4
-    assert slots[5].tolist() == [1, 0, 2, 0, 0, 0] and slots[6].tolist() == [0, 0, 0, 0, 3, 4]
-    assert present.tolist() == [False] * 5 + [True, True]
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -96,7 +96,7 @@ def test_item_graph_holds_out_edges_with_balanced_negatives(tmp_path):
     (tmp_path / "kg.txt").write_text("".join(f"{i} {i % 2} {100 + i % 5}\n" for i in range(1, 40)))
     (tmp_path / "relations.txt").write_text("cat_id:0\nbrand_id:1\n")
     d = build_item_graph(tmp_path, co_window=3, valid_share=0.1, test_share=0.2, seed=0)
-    assert d.relations[:2] == ["next", "co_session"] and {"cat_id", "brand_id"} <= set(d.relations)
+    assert d.relations[:2] == ["next", "co_session"] and {"cat", "brand"} <= set(d.relations)
     assert d.eval_relations == [0, 1]
     train = set(map(tuple, d.train.tolist())) | set(map(tuple, d.train[:, [0, 2, 1]].tolist()))
     for pairs, labels in ((d.valid, d.valid_labels), (d.test, d.test_labels)):

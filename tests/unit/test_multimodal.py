@@ -14,7 +14,7 @@ from model.multimodal import (  # noqa: E402
     build_item_encoder,
     freeze_item_encoder,
     info_nce,
-    read_kg,
+    kg_slots,
 )
 from model.network import ItemEmbedding, ModelConfig, build_network  # noqa: E402
 from model.train import parameter_groups  # noqa: E402
@@ -134,10 +134,10 @@ def test_parameter_groups_have_their_own_learning_rates_and_cover_every_paramete
     assert moved == {"item_encoder.entity.weight", "item_encoder.relation.weight"}
 
 
-def test_read_kg_renumbers_deduplicates_caps_and_drops_unknown_items(tmp_path):
+def test_kg_slots_renumber_deduplicates_caps_and_drops_unknown_items(tmp_path):
     path = tmp_path / "kg.txt"
     path.write_text("3 0 100\n3 1 250\n3 0 100\n1 2 250\n3 2 300\n3 1 400\n9 0 100\n")
-    rel, ent, n_ent, n_rel = read_kg(path, n_items=5, kg_max=3)
+    rel, ent, n_ent, n_rel = kg_slots(path, n_items=5, kg_max=3)
     assert rel.shape == ent.shape == (6, 3) and (n_ent, n_rel) == (4, 3)
     assert ent[3].tolist() == [1, 2, 3] and rel[3].tolist() == [1, 2, 3]  # 4th pair of item 3 capped
     assert ent[1].tolist() == [2, 0, 0] and rel[1].tolist() == [3, 0, 0]  # entity 250 shared with item 3
