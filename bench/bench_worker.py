@@ -4,7 +4,11 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
   1. ceiling: aiokafka produce -> consume of the same events on a fresh topic, no processing;
   2. throughput: the worker (a subprocess, one process, its default micro-batching) fed as fast as possible;
   3. latency: the worker fed at a fixed rate (--rate), per event the time from the producer's send to the
-     bench's receipt of its recommendation (one clock: both happen in this process).
+     bench's receipt of its recommendation (one clock: both happen in this process);
+  4. fan-out: the Kafka messages the worker wrote per event (all its topics: outputs, internal topics,
+     changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
+     produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
+     alone on this machine.
 Events are real Diginetica test sessions replayed click by click, one user per session. Prints a table.
 """
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from deploy import stack
 from model.data import read_test_tsv
@@ -94,6 +98,54 @@ async def run_phase(
     return len(events) / (last - first), latencies
 
 
+async def relay(settings: Settings, in_topic: str, out_topic: str, spill_topic: str, fanout: int, n: int) -> None:
+    """Consume ``n`` events; for each produce one copy to ``out_topic`` and ``fanout - 1`` to ``spill_topic``,
+    awaiting each send as the worker does (the fan-out ceiling, phase 4)."""
+    consumer = AIOKafkaConsumer(in_topic, **settings.aiokafka_kwargs(), auto_offset_reset="earliest",
+                                group_id=f"relay-{uuid.uuid4().hex[:6]}")
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=5, acks="all",
+                                max_batch_size=256 * 1024)
+    await consumer.start()
+    await producer.start()
+    seen = 0
+    try:
+        while seen < n:
+            for messages in (await consumer.getmany(timeout_ms=200, max_records=256)).values():
+                for message in messages:
+                    await producer.send(out_topic, message.value, key=message.key)
+                    for _ in range(fanout - 1):
+                        await producer.send(spill_topic, message.value, key=message.key)
+                    seen += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def messages_written(settings: Settings, prefix: str, exclude: set[str]) -> int:
+    """Sum of end offsets over every topic whose name starts with ``prefix`` (minus ``exclude``)."""
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs())
+    await consumer.start()
+    try:
+        topics = [t for t in await consumer.topics() if t.startswith(prefix) and t not in exclude]
+        partitions = [tp for t in topics for tp in
+                      (TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ())]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+async def fanout_ceiling(settings: Settings, events: list[dict], fanout: int) -> tuple[float, np.ndarray]:
+    """Phase 4: the relay between a fresh input and output topic, measured like the worker."""
+    tag = f"{settings.topic_events}.relay{uuid.uuid4().hex[:4]}"
+    topics = [f"{tag}.in", f"{tag}.out", f"{tag}.spill"]
+    await ensure_topics(settings, topics)
+    task = asyncio.create_task(relay(settings, topics[0], topics[1], topics[2], fanout, len(events)))
+    result = await run_phase(settings, topics[0], topics[1], events, None, 600)
+    await task
+    return result
+
+
 def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subprocess.Popen:
     env = os.environ | settings.to_env()
     log = (workdir / "worker.log").open("wb")
@@ -118,7 +170,7 @@ def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subproces
 
 def row(name: str, rate: float, latencies: np.ndarray) -> str:
     p50, p99 = np.percentile(latencies, [50, 99])
-    return f"{name:<44} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
+    return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
 
 
 def main() -> None:
@@ -157,11 +209,20 @@ def main() -> None:
         finally:
             worker.terminate()
             worker.wait(timeout=60)
+    tag = settings.topic_events.split(".")[0]
+    inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
+    worker_events = 200 + args.events + args.latency_events
+    written = asyncio.run(messages_written(settings, tag, inputs))
+    fanout = round(written / worker_events)
+    relayed = asyncio.run(fanout_ceiling(settings, events[: args.events], fanout))
 
-    print(f"\n{'phase':<44} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
+    print(f"\n{'phase':<52} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
     print(row("aiokafka produce -> consume (ceiling)", *ceiling))
     print(row("worker, as fast as possible", *flat_out))
     print(row(f"worker at {args.rate:,.0f} events/s", *at_rate))
+    print(row(f"aiokafka relay, {fanout} messages per event (I/O ceiling)", *relayed))
+    print(f"\nthe worker wrote {written:,} Kafka messages for {worker_events:,} events: {written / worker_events:.2f} "
+          "per event (outputs, internal topics and changelogs)")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}")
 
 
