@@ -325,7 +325,7 @@ class IGRec(nn.Module):
     def _score_inputs(self, session: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(query [B, D], table [V, D]) whose dot products are the logits: NISER-normalised and scaled."""
         if self.config.normalize:
-            return F.normalize(session, dim=-1) * self.config.scale, F.normalize(table, dim=-1)
+            return F.normalize(session, dim=-1) * self.config.scale, row_normalize(table)
         return session, table
 
     def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
@@ -419,6 +419,35 @@ def target_log_likelihood(query: torch.Tensor, items: torch.Tensor, target: torc
     """log p(target) [B] under softmax over ``query [B, D] . items [V, D]^T``, where ``items`` are the
     real items 1..V (no padding row, so the [B, V] logits need no masking pass) and ``target`` in 1..V."""
     return target_log_softmax(torch.matmul(query, items.t()), target - 1)
+
+
+class _RowNormalize(torch.autograd.Function):
+    """``x / |x|`` per row with a fused backward ``(g - y <g, y>) / |x|``.
+
+    Autograd's graph for ``F.normalize`` walks the [V, D] item table five or six times per step; this
+    one reads it twice forward and three times backward (the table is normalised on every training step).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-12)
+        y = x / norm
+        ctx.save_for_backward(y, norm)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        y, norm = ctx.saved_tensors
+        dot = torch.einsum("vd,vd->v", grad, y)[:, None]
+        return torch.addcmul(grad, y, dot, value=-1).div_(norm)
+
+
+def row_normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows of ``x [V, D]``: the fused function when a gradient is needed, else
+    ``F.normalize`` (which the ONNX exporter knows)."""
+    if x.requires_grad and torch.is_grad_enabled() and x.dim() == 2:
+        return _RowNormalize.apply(x)
+    return F.normalize(x, dim=-1)
 
 
 def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

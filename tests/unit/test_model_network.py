@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from model.graphs import build_history_graphs, build_session_graphs  # noqa: E402
-from model.network import ModelConfig, build_network, target_log_softmax  # noqa: E402
+from model.network import ModelConfig, build_network, row_normalize, target_log_softmax  # noqa: E402
 
 SESSIONS = [[1, 2, 3, 2], [5, 6], [7, 7, 7, 8, 9]]
 TARGETS = torch.tensor([2, 10, 7])
@@ -42,6 +42,18 @@ def test_target_log_softmax_gradient():
     x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([1, 2, 3, 6])
     assert torch.autograd.gradcheck(lambda v: target_log_softmax(v, t), (x,))
+
+
+def test_row_normalize_matches_f_normalize_values_and_gradient():
+    x = torch.randn(30, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(row_normalize, (x,))
+    weights = torch.randn(30, 7, dtype=torch.float64)
+    (row_normalize(x) * weights).sum().backward()
+    fused = x.grad.clone()
+    x.grad = None
+    (torch.nn.functional.normalize(x, dim=-1) * weights).sum().backward()
+    assert torch.allclose(fused, x.grad, atol=1e-12)
+    assert torch.allclose(row_normalize(x), torch.nn.functional.normalize(x, dim=-1), atol=1e-15)
 
 
 def test_gumbel_noise_only_in_training():
