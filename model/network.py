@@ -39,6 +39,12 @@ class ModelConfig:
         use_history: fuse the user's historical-session graph (gated); off for datasets without users.
         use_repeat: repeat/explore mixture: a pointer distribution over the session's own items,
             driven by node state, recency and click count, mixed with the all-item softmax.
+        use_prior: add a co-occurrence prior to the explore logits: every item that co-occurs (within
+            ``prior_hops`` clicks, in training sessions) with a session item gets a bias that grows with
+            its share of that item's top-``prior_neighbors`` co-occurrences, weighted by how recently the
+            session item was clicked (a learned weight per recency). A session-kNN signal inside the network.
+        prior_neighbors: co-occurring items kept per item for the prior.
+        prior_hops: co-occurrence window of the prior, in clicks.
         use_positions: reversed position embeddings in the readout (GCE-GNN).
         normalize: score with L2-normalised session and item vectors times ``scale`` (NISER).
         scale: logit scale when ``normalize``.
@@ -56,6 +62,9 @@ class ModelConfig:
     global_neighbors: int = 12
     use_history: bool = True
     use_repeat: bool = True
+    use_prior: bool = False
+    prior_neighbors: int = 30
+    prior_hops: int = 2
     use_positions: bool = True
     normalize: bool = True
     scale: float = 12.0
@@ -73,7 +82,7 @@ class ModelConfig:
     @classmethod
     def srgnn(cls, n_items: int, **overrides) -> ModelConfig:
         """SR-GNN (Wu et al. 2019): one graph, no interests, global graph, history, repeat or positions."""
-        base = dict(interests=1, use_global=False, use_history=False, use_repeat=False,
+        base = dict(interests=1, use_global=False, use_history=False, use_repeat=False, use_prior=False,
                     use_positions=False, normalize=False, dropout=0.0)
         base.update(overrides)
         return cls(n_items=n_items, **base)
@@ -179,6 +188,45 @@ class Readout(nn.Module):
         return self.out(torch.cat([last, pooled], -1))
 
 
+def node_recency(items: torch.Tensor, alias: torch.Tensor, mask: torch.Tensor,
+                 max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per node: clicks since its last click (0 = the last click) and its click count, both clamped to
+    ``max_len - 1``; items [B,N], alias [B,L], mask [B,L] -> (recency [B,N], count [B,N]) int64."""
+    n = items.shape[1]
+    nodes = torch.arange(n, device=items.device)
+    hit = (alias[:, :, None] == nodes[None, None, :]).to(mask.dtype) * mask[:, :, None]
+    count = hit.sum(1)
+    step = torch.arange(1, alias.shape[1] + 1, device=items.device).to(mask.dtype)
+    last_pos = (hit * step[None, :, None]).amax(1)
+    rec = (mask.sum(1, keepdim=True) - last_pos).clamp(0, max_len - 1).long()
+    return rec, count.clamp(0, max_len - 1).long()
+
+
+class CooccurrencePrior(nn.Module):
+    """Logit bias from item co-occurrence (``use_prior``): a session-kNN signal the network can weigh.
+
+    Slot (node n, neighbour j) adds ``w(recency_n) * log1p(share_nj / 0.05)`` to item ``nbr_nj``'s logit,
+    where ``share_nj`` is j's share of n's kept co-occurrence counts and ``w`` a learned non-negative weight
+    per recency; slots of the same item add up. Returns (item ids [B, N*K], bias [B, N*K] float32);
+    padding slots have id 0 and bias 0.
+    """
+
+    def __init__(self, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self.recency_weight = nn.Parameter(torch.full((max_len,), -1.0))
+        with torch.no_grad():
+            self.recency_weight[0] = 0.5
+
+    def forward(self, items: torch.Tensor, alias: torch.Tensor, mask: torch.Tensor, neighbors: torch.Tensor,
+                shares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rec, _ = node_recency(items, alias, mask, self.max_len)
+        weight = F.softplus(self.recency_weight)[rec] * (items > 0).float()
+        nbr, share = neighbors[items], shares[items]
+        bias = weight[..., None] * torch.log1p(share / 0.05)
+        return nbr.flatten(1), bias.flatten(1)
+
+
 class RepeatHead(nn.Module):
     """Pointer distribution over the session's own items (the repeat/copy signal).
 
@@ -201,14 +249,7 @@ class RepeatHead(nn.Module):
                 session: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """node_h [B,N,D], items [B,N], alias [B,L], mask [B,L], session [B,D], last [B,D]
         -> (node log-probabilities [B, N] float32, gate logit [B, 1] float32)."""
-        n = items.shape[1]
-        nodes = torch.arange(n, device=items.device)
-        hit = (alias[:, :, None] == nodes[None, None, :]).to(mask.dtype) * mask[:, :, None]
-        count = hit.sum(1)
-        step = torch.arange(1, alias.shape[1] + 1, device=items.device).to(mask.dtype)
-        last_pos = (hit * step[None, :, None]).amax(1)
-        rec = (mask.sum(1, keepdim=True) - last_pos).clamp(0, self.max_len - 1).long()
-        cnt = count.clamp(0, self.max_len - 1).long()
+        rec, cnt = node_recency(items, alias, mask, self.max_len)
         feats = torch.tanh(self.node(node_h) + self.session(session)[:, None, :]
                            + self.recency(rec) + self.count(cnt))
         logits = self.v(feats).squeeze(-1).float().masked_fill(items == 0, NEG)
@@ -244,11 +285,28 @@ class IGRec(nn.Module):
             self.hist_gate = nn.Linear(2 * d, d)
         if config.use_repeat:
             self.repeat = RepeatHead(d, config.max_len)
+        if config.use_prior:
+            self.prior = CooccurrencePrior(config.max_len)
+            k = config.prior_neighbors
+            self.register_buffer("prior_neighbors", torch.zeros(config.n_items + 1, k, dtype=torch.long))
+            self.register_buffer("prior_shares", torch.zeros(config.n_items + 1, k))
 
     def set_global_graph(self, neighbors, weights) -> None:
         """Load the numpy :class:`model.graphs.GlobalGraph` arrays into the buffers."""
         self.global_neighbors.copy_(torch.as_tensor(neighbors)[:, : self.config.global_neighbors])
         self.global_weights.copy_(torch.as_tensor(weights)[:, : self.config.global_neighbors])
+
+    def set_prior_graph(self, neighbors, weights) -> None:
+        """Load a co-occurrence :class:`model.graphs.GlobalGraph` (counts) as neighbour shares per item."""
+        weights = torch.as_tensor(weights, dtype=torch.float32)[:, : self.config.prior_neighbors]
+        self.prior_neighbors.copy_(torch.as_tensor(neighbors)[:, : self.config.prior_neighbors])
+        self.prior_shares.copy_(weights / weights.sum(1, keepdim=True).clamp(min=1e-9))
+
+    def _prior(self, items, alias, mask) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(item ids [B, M], bias [B, M]) of the co-occurrence prior, or None without ``use_prior``."""
+        if not self.config.use_prior:
+            return None
+        return self.prior(items, alias, mask, self.prior_neighbors, self.prior_shares)
 
     def _interest_weights(self, emb: torch.Tensor) -> torch.Tensor:
         """y [B, N, k]: Gumbel-softmax (training) or softmax (inference) of v_i^T W_l / tau."""
@@ -313,14 +371,19 @@ class IGRec(nn.Module):
         node_h = (y.transpose(1, 2)[..., None] * h).sum(1)
         return self.dropout(session), node_h, last_emb
 
-    def logits(self, session: torch.Tensor) -> torch.Tensor:
-        """Explore logits [B, n_items + 1] (float32, column 0 = NEG): session . item for every item.
+    def logits(self, session: torch.Tensor, prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Explore logits [B, n_items + 1] (float32, column 0 = NEG): session . item for every item, plus
+        the co-occurrence ``prior`` (ids, bias) where given.
 
         The scale goes on the [B, D] side and the float32 cast is fused into the padding add, so the
         [B, V] tensor is touched as few times as possible (it dominates the step time on CPU).
         """
         session, table = self._score_inputs(session, self.item_encoder.table())
-        return _score(session, table, self.training)
+        logits = _score(session, table, self.training)
+        if prior is not None:
+            ids, bias = prior
+            logits = logits.scatter_add_(1, ids, bias.to(logits.dtype))
+        return logits
 
     def _score_inputs(self, session: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(query [B, D], table [V, D]) whose dot products are the logits: NISER-normalised and scaled."""
@@ -335,7 +398,8 @@ class IGRec(nn.Module):
         logsumexp, which roughly halves the CPU step time against log_softmax + nll.
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = target_log_likelihood(*self._score_inputs(session, self.item_encoder.table()[1:]), target)
+        explore = target_log_likelihood(*self._score_inputs(session, self.item_encoder.table()[1:]), target,
+                                        self._prior(items, alias, mask))
         explore = explore[:, None]
         if not self.config.use_repeat:
             return explore.squeeze(1)
@@ -346,7 +410,7 @@ class IGRec(nn.Module):
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = torch.log_softmax(self.logits(session), -1)
+        explore = torch.log_softmax(self.logits(session, self._prior(items, alias, mask)), -1)
         if not self.config.use_repeat:
             return explore
         node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
@@ -415,10 +479,16 @@ def target_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return _TargetLogSoftmax.apply(logits, target)
 
 
-def target_log_likelihood(query: torch.Tensor, items: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """log p(target) [B] under softmax over ``query [B, D] . items [V, D]^T``, where ``items`` are the
-    real items 1..V (no padding row, so the [B, V] logits need no masking pass) and ``target`` in 1..V."""
-    return target_log_softmax(torch.matmul(query, items.t()), target - 1)
+def target_log_likelihood(query: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
+                          prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """log p(target) [B] under softmax over ``query [B, D] . items [V, D]^T`` (+ the sparse ``prior``
+    (ids [B, M] in 0..V, bias [B, M]; id 0 = padding, whose bias must be 0)), where ``items`` are the real
+    items 1..V (no padding row, so the [B, V] logits need no masking pass) and ``target`` in 1..V."""
+    logits = torch.matmul(query, items.t())
+    if prior is not None:
+        ids, bias = prior
+        logits = logits.scatter_add_(1, (ids - 1).clamp(min=0), bias.to(logits.dtype))
+    return target_log_softmax(logits, target - 1)
 
 
 class _RowNormalize(torch.autograd.Function):

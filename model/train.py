@@ -163,6 +163,9 @@ def train(cfg: TrainConfig) -> dict:
     if getattr(mcfg, "use_global", False) and mcfg.arch == "igrec":
         gg = build_global_graph(fit_sessions, split.n_items, mcfg.global_neighbors)
         net.set_global_graph(gg.neighbors, gg.weights)
+    if getattr(mcfg, "use_prior", False) and mcfg.arch == "igrec":
+        pg = build_global_graph(fit_sessions, split.n_items, mcfg.prior_neighbors, mcfg.prior_hops)
+        net.set_prior_graph(pg.neighbors, pg.weights)
     steps_per_epoch = math.ceil(len(fit) / cfg.batch_size)
     opt = torch.optim.AdamW(parameter_groups(net, cfg.lr, cfg.lr_embedding, cfg.weight_decay, cfg.lr_groups),
                             fused=device.type in ("cpu", "cuda"))

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from model.graphs import build_history_graphs, build_session_graphs  # noqa: E402
+from model.graphs import build_global_graph, build_history_graphs, build_session_graphs  # noqa: E402
 from model.network import ModelConfig, build_network, row_normalize, target_log_softmax  # noqa: E402
 
 SESSIONS = [[1, 2, 3, 2], [5, 6], [7, 7, 7, 8, 9]]
@@ -17,7 +17,18 @@ CONFIGS = {
     "igrec": ModelConfig(n_items=30, dim=16, interests=3),
     "srgnn": ModelConfig.srgnn(30, dim=16),
     "gru4rec": ModelConfig(n_items=30, dim=16, arch="gru4rec"),
+    "igrec+prior": ModelConfig(n_items=30, dim=16, interests=2, use_prior=True, prior_neighbors=4),
 }
+PRIOR_SESSIONS = [[1, 2, 3, 4], [2, 10, 11], [7, 8, 9, 7], [5, 6, 12], [3, 2, 10]]
+
+
+def _network(config: ModelConfig):
+    """build_network, with the co-occurrence prior loaded from PRIOR_SESSIONS when the config uses it."""
+    net = build_network(config)
+    if getattr(config, "use_prior", False):
+        graph = build_global_graph(PRIOR_SESSIONS, config.n_items, config.prior_neighbors, config.prior_hops)
+        net.set_prior_graph(graph.neighbors, graph.weights)
+    return net
 
 
 def _inputs(sessions=SESSIONS):
@@ -27,7 +38,7 @@ def _inputs(sessions=SESSIONS):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_forward_is_a_distribution_over_items_and_matches_the_training_loss(name):
     torch.manual_seed(0)
-    net = build_network(CONFIGS[name]).eval()
+    net = _network(CONFIGS[name]).eval()
     x = _inputs()
     with torch.no_grad():
         logp = net(*x)
@@ -94,11 +105,27 @@ def test_empty_history_is_a_no_op_and_real_history_changes_the_scores():
     assert not torch.allclose(base[0], with_some[0])
 
 
-def test_onnx_export_opset18_matches_torch(tmp_path):
+def test_cooccurrence_prior_raises_items_seen_next_to_the_session_items():
+    torch.manual_seed(0)
+    config = ModelConfig(n_items=30, dim=16, interests=1, use_prior=True, prior_neighbors=4, dropout=0.0)
+    net = _network(config).eval()
+    x = _inputs()
+    with torch.no_grad():
+        with_prior = net(*x)
+        net.prior_shares.zero_()
+        without = net(*x)
+    gain = (with_prior - without)[1]
+    # session [5, 6]: 12 co-occurs with 6 (one click apart) and with 5 (two apart); 1 never does
+    assert gain[12] > gain[1] + 0.1
+    torch.testing.assert_close(gain[1], gain[20])
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_onnx_export_opset18_matches_torch(tmp_path, prior):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     torch.manual_seed(0)
-    net = build_network(ModelConfig(n_items=30, dim=16)).eval()
+    net = _network(ModelConfig(n_items=30, dim=16, use_prior=prior, prior_neighbors=4)).eval()
     names = ["items", "alias", "adj", "mask", "hist_items", "hist_adj"]
     g, h = build_session_graphs(SESSIONS), build_history_graphs([[[4, 5]], [], [[1, 2]]])
     example = tuple(torch.from_numpy(a) for a in (*g.arrays(), h.items, h.adj))
