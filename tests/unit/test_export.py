@@ -45,7 +45,7 @@ def _split(folder, n_items=N_ITEMS, seed=0):
 
 def _checkpoint(path, config, seed=0, **extra):
     """A checkpoint in the training format (``model`` state dict + ``config`` dict) with seeded weights and,
-    for IGRec, a random global graph (so the neighbour-table initializers are exercised).
+    for IGRec, random global and co-occurrence graphs (so the neighbour-table initializers are exercised).
 
     The item embeddings are scaled up: at their init scale the scores of an untrained network are nearly
     uniform, and pairs closer than float32 noise swap places in a top-K, which parity would count against
@@ -59,6 +59,10 @@ def _checkpoint(path, config, seed=0, **extra):
         gen = torch.Generator().manual_seed(seed)
         net.global_neighbors.copy_(torch.randint(0, config.n_items + 1, net.global_neighbors.shape, generator=gen))
         net.global_weights.copy_(torch.rand(net.global_weights.shape, generator=gen) * 4)
+    if getattr(net, "prior_neighbors", None) is not None:
+        gen = torch.Generator().manual_seed(seed + 1)
+        neighbors = torch.randint(0, config.n_items + 1, net.prior_neighbors.shape, generator=gen)
+        net.set_prior_graph(neighbors, torch.rand(neighbors.shape, generator=gen) * (neighbors > 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net.state_dict(), "config": config.to_dict(), "train": {"max_len": 50}, **extra}, path)
     return net
@@ -69,7 +73,7 @@ def exported(tmp_path_factory):
     """(network, artefact folder, split folder): IGRec with every option on, exported through the CLI."""
     root = tmp_path_factory.mktemp("export")
     data = _split(root / "split")
-    config = ModelConfig(n_items=N_ITEMS, dim=24, interests=3, steps=2)
+    config = ModelConfig(n_items=N_ITEMS, dim=24, interests=3, steps=2, use_prior=True, prior_neighbors=6)
     net = _checkpoint(root / "run" / "best.pt", config)
     (root / "run" / "results.json").write_text(json.dumps({"dataset": "toy", "test": {"HR@20": 1.5}}))
     export_main(["export", str(root / "run" / "best.pt"), "--out", str(root / "art"), "--data", str(data),
