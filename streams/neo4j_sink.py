@@ -3,7 +3,8 @@
 Each poll of up to ``batch_size`` messages becomes one managed write transaction of ``UNWIND $rows ...
 MERGE`` statements, one per relationship type or node label. Kafka offsets are committed only after Neo4j
 has committed, so a crash re-delivers at most the last batch, and since every value is an absolute (``SET
-r += row.props``), writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
+r += row.props``; a summed count such as ``NEXT.count`` keeps each counter's absolute value and their sum),
+writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
 and their source topic/partition/offset. While Neo4j is unreachable the sink waits with backoff and keeps
 the batch; nothing is skipped.
 """
@@ -25,7 +26,7 @@ from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.triples import NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
+from streams.triples import COUNTER, NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
 
 log = logging.getLogger("igrec.sink")
 T = TypeVar("T")
@@ -61,11 +62,28 @@ def edge_cypher(rel: str) -> str:
     spec = RELATIONSHIPS[rel]
     key = ", ".join(f"{name}: row.props.{name}" for name in spec.key)
     key_map = f" {{{key}}}" if key else ""
-    return (
+    merge = (
         f"UNWIND $rows AS row "
         f"MERGE (h:{spec.head} {{id: row.head}}) SET h += row.head_props "
         f"MERGE (t:{spec.tail} {{id: row.tail}}) SET t += row.tail_props "
-        f"MERGE (h)-[r:{rel}{key_map}]->(t) SET r += row.props"
+        f"MERGE (h)-[r:{rel}{key_map}]->(t)"
+    )
+    return merge + (_summed_set(spec.summed) if spec.summed else " SET r += row.props")
+
+
+def _summed_set(count: str) -> str:
+    """SET clause of a summed relationship: the row's counter gets its absolute value in the parallel lists
+    ``counters`` / ``counts`` (appended when new), and ``count`` becomes the sum over all counters; so a
+    re-delivered or replayed partial changes nothing, and independent counters add up."""
+    return (
+        f" WITH r, row, coalesce(r.counters, []) AS counters, coalesce(r.counts, []) AS counts"
+        f" WITH r, row, counters, counts,"
+        f" [i IN range(0, size(counters) - 1) WHERE counters[i] = row.props.{COUNTER}] AS at"
+        f" SET r.counters = CASE WHEN size(at) = 0 THEN counters + row.props.{COUNTER} ELSE counters END,"
+        f" r.counts = CASE WHEN size(at) = 0 THEN counts + row.props.{count}"
+        f" ELSE [i IN range(0, size(counts) - 1) | CASE WHEN i = at[0] THEN row.props.{count} ELSE counts[i] END]"
+        f" END"
+        f" SET r.{count} = reduce(total = 0, c IN r.counts | total + c)"
     )
 
 
