@@ -59,8 +59,9 @@ from streams.validate import EventError, parse_event
 log = logging.getLogger("igrec.worker")
 
 # faust's Tables write to the partition of the "current event", a context variable that faust sets while
-# iterating a stream one event at a time. A micro-batch from ``take_events`` is handled in the agent's own
-# task, so the agent sets it before each Table write. (``Stream._set_current_event`` must not be used: it
+# iterating a stream one event at a time (and Table reads look in the local store of its partition). A
+# micro-batch from ``take_events`` is handled in the agent's own task, so the agent sets it before each Table
+# read and write. (``Stream._set_current_event`` must not be used: it
 # also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 64
@@ -203,6 +204,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         """Validate one message and apply it to its user's state; a refused one goes to the DLQ (None)."""
         message = faust_event.message
         key = message.key
+        _CURRENT_EVENT.set(weakref.ref(faust_event))  # a Table reads the local store of this event's partition
         try:
             event = parse_event(message.value, key, now)
             state, step = apply_event(tables.user(key), event, message.partition, message.offset, config.policy)
