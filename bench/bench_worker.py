@@ -7,8 +7,8 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      bench's receipt of its recommendation (one clock: both happen in this process);
   4. fan-out: the Kafka messages the worker wrote per event (all its topics: outputs, internal topics,
      changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
-     produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
-     alone on this machine.
+     produces that many messages for it (record batches per topic and partition, as the worker writes),
+     no state and no scoring: the ceiling of the worker's Kafka I/O alone on this machine.
 Events are real Diginetica test sessions replayed click by click, one user per session. Prints a table.
 """
 
@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from deploy import stack
 from model.data import read_test_tsv
+from streams.outbox import MAX_BATCH_BYTES, Outbox
 from streams.replay import cases_to_sessions, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
@@ -100,22 +101,23 @@ async def run_phase(
 
 async def relay(settings: Settings, in_topic: str, out_topic: str, spill_topic: str, fanout: int, n: int) -> None:
     """Consume ``n`` events; for each produce one copy to ``out_topic`` and ``fanout - 1`` to ``spill_topic``,
-    awaiting each send as the worker does (the fan-out ceiling, phase 4)."""
+    one record batch per topic and partition per poll, as the worker writes (the fan-out ceiling, phase 4)."""
     consumer = AIOKafkaConsumer(in_topic, **settings.aiokafka_kwargs(), auto_offset_reset="earliest",
                                 group_id=f"relay-{uuid.uuid4().hex[:6]}")
-    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=5, acks="all",
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=0, acks="all", max_batch_size=MAX_BATCH_BYTES)
     await consumer.start()
     await producer.start()
     seen = 0
     try:
         while seen < n:
-            for messages in (await consumer.getmany(timeout_ms=200, max_records=256)).values():
+            outbox = Outbox(producer)
+            for tp, messages in (await consumer.getmany(timeout_ms=200, max_records=256)).items():
                 for message in messages:
-                    await producer.send(out_topic, message.value, key=message.key)
+                    outbox.add(out_topic, tp.partition, message.key, message.value)
                     for _ in range(fanout - 1):
-                        await producer.send(spill_topic, message.value, key=message.key)
+                        outbox.add(spill_topic, tp.partition, message.key, message.value)
                     seen += 1
+            await outbox.send()
         await producer.flush()
     finally:
         await producer.stop()

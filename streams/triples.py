@@ -165,6 +165,13 @@ def edge(head: tuple[str, str | int], rel: str, tail: tuple[str, str | int], **p
     return Triple(head[0], str(head[1]), {}, rel, tail[0], str(tail[1]), {}, props)
 
 
+def edge_json(head: tuple[str, str], rel: str, tail: tuple[str, str], props: dict[str, Any]) -> bytes:
+    """The message of ``edge(head, rel, tail, **props)`` without building the Triple (the worker's hot path:
+    a third of the cost); ids must already be strings. Same bytes as ``edge(...).to_json()``."""
+    return orjson.dumps({"schema_version": SCHEMA_VERSION, "head": {"label": head[0], "id": head[1], "props": {}},
+                         "rel": rel, "props": props, "tail": {"label": tail[0], "id": tail[1], "props": {}}})
+
+
 def from_fact(fact: Fact) -> Triple:
     """The triple of a :class:`model.facts.Fact` (knowledge extraction, link prediction), validated: a fact
     outside the whitelisted schema raises :class:`TripleError` before it reaches Kafka."""

@@ -53,7 +53,7 @@ from streams.records import SCHEMA_VERSION, Event
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
 from streams.topics import ensure_topics
-from streams.triples import edge
+from streams.triples import COUNTER, edge_json
 from streams.validate import EventError, parse_event
 
 log = logging.getLogger("igrec.worker")
@@ -324,8 +324,8 @@ class Emitter:
         return self.scorer.interests[scoring.clicked].tolist()
 
     def next_count(self, outbox: Outbox, partition: int, head: str, tail: str, counter: str, count: int) -> None:
-        fact = edge(("Item", head), "NEXT", ("Item", tail), counter=counter, count=count)
-        outbox.add(self.settings.topic_triples, partition, f"{head}>{tail}".encode(), fact.to_json())
+        fact = edge_json(("Item", head), "NEXT", ("Item", tail), {COUNTER: counter, "count": count})
+        outbox.add(self.settings.topic_triples, partition, f"{head}>{tail}".encode(), fact)
 
     def dead_letter(self, outbox: Outbox, message: Any, reason: str) -> None:
         metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
@@ -416,19 +416,18 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
     """
     if not step.found:
         return []
-    facts = [
-        edge(("Session", step.session_id), "CLICKED", ("Item", event.item_id), pos=step.position, ts=event.ts),
-    ]
+    user, session, item = ("User", event.user_id), ("Session", step.session_id), ("Item", event.item_id)
+    facts = [edge_json(session, "CLICKED", item, {"pos": step.position, "ts": event.ts})]
     if step.position == 0:
-        facts.append(edge(("User", event.user_id), "HAD", ("Session", step.session_id)))
+        facts.append(edge_json(user, "HAD", session, {}))
     if scoring is not None and scoring.interests is not None:
         ids = interest_ids or [f"{model_version}/{m}" for m in range(len(scoring.interests))]
-        facts += [edge(("User", event.user_id), "INTERESTED_IN", ("Interest", ids[m]), weight=w)
+        facts += [edge_json(user, "INTERESTED_IN", ("Interest", ids[m]), {"weight": w})
                   for m, w in enumerate(scoring.interests)]
         if item_interests is not None:
-            facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", ids[m]), weight=w)
+            facts += [edge_json(item, "IN_INTEREST", ("Interest", ids[m]), {"weight": w})
                       for m, w in enumerate(item_interests)]
-    return [fact.to_json() for fact in facts]
+    return facts
 
 
 def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info", json_logs: bool = True) -> None:

@@ -91,3 +91,11 @@ def test_a_summed_relationship_carries_exactly_one_counter_and_its_count() -> No
         with pytest.raises(TripleError, match=reason):
             parse(edge(("Item", "a"), "NEXT", ("Item", "b"), **props).to_json())
     assert "reduce(total = 0, c IN r.counts | total + c)" in EDGE_CYPHER["NEXT"]
+
+
+def test_edge_json_is_the_triples_own_encoding() -> None:
+    from streams.triples import edge_json
+
+    props = {"pos": 3, "ts": 1.7e9}
+    assert edge_json(("Session", "s"), "CLICKED", ("Item", "7"), props) == edge(
+        ("Session", "s"), "CLICKED", ("Item", "7"), **props).to_json()
