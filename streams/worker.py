@@ -33,6 +33,8 @@ as it sends one key to one partition; the key must be the user id (checked).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import time
 import weakref
@@ -149,7 +151,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads, spin=False)
     model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
     emitter = Emitter(settings, scorer, model_version)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer")
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer", initializer=_name_os_thread,
+                                  initargs=("igrec-scorer",))
     processed: dict[int, int] = {}
 
     def on_delivery_failure(error: BaseException) -> None:
@@ -337,6 +340,13 @@ class Emitter:
             "received_at": time.time(),
         }
         outbox.add(self.settings.topic_dlq, message.partition, message.key, orjson.dumps(record))
+
+
+def _name_os_thread(name: str) -> None:
+    """Give the calling thread an OS-level name (Linux ``prctl``), so ``top -H``, py-spy and the bench's CPU
+    accounting can tell the scoring thread from the event loop; a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
 
 
 def _interest_count(scorer: Any) -> int:
