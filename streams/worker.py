@@ -6,8 +6,8 @@ One faust agent takes the events that arrived while it handled the previous micr
 1. validates each message (refused ones go to ``igrec.events.dlq`` with the reason and source offset);
 2. applies it to its user's state in the ``users`` Table (RocksDB, changelog-backed), and counts the
    item transition it makes in the ``next-counts`` Table (global NEXT counts, see below);
-3. scores the batch's sessions with onnxruntime (``export.scorer.Scorer``) on a scoring thread, in chunks, so
-   the event loop emits chunk i while the scorer works on chunk i + 1;
+3. scores the batch's sessions in one onnxruntime call (``export.scorer.Scorer``) on a scoring thread; a
+   second stage emits batch i while the agent admits batch i + 1 and the scorer works on it;
 4. writes a Recommendation and an EnrichedEvent per event and the knowledge triples the batch creates,
    as one Kafka record batch per (topic, partition) (:mod:`streams.outbox`).
 
@@ -66,7 +66,6 @@ log = logging.getLogger("igrec.worker")
 # read and write. (``Stream._set_current_event`` must not be used: it
 # also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
-SCORE_CHUNK = 64
 STATS_INTERVAL_S = 5.0
 INTEREST_ITEMS_REMEMBERED = 1_000_000
 """Items whose IN_INTEREST facts this process has sent; past this many the set starts again (a re-send is
@@ -104,6 +103,18 @@ class Admitted:
     partition: int
     offset: int
     key: bytes
+
+
+@dataclass
+class InFlight:
+    """A micro-batch between the two stages: its valid events, their scoring (None when none is valid), the
+    outbox already holding its dead letters and NEXT counts, and the held source messages."""
+
+    admitted: list[Admitted]
+    future: asyncio.Future | None
+    outbox: Outbox
+    messages: list[Any]
+    began: float
 
 
 @dataclass(frozen=True)
@@ -161,8 +172,13 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         log.error("output delivery failed; stopping so the events are re-delivered: %r", error)
         asyncio.get_running_loop().create_task(app.crash(error if isinstance(error, Exception) else RuntimeError()))
 
+    scored: asyncio.Queue[InFlight] = asyncio.Queue(maxsize=1)
+
     @app.agent(events)
     async def process(stream: faust.StreamT) -> None:
+        """Stage 1 (this agent): validate, apply state, submit the batch to the scorer; stage 2
+        (:func:`emit_scored`) emits it while this stage already takes the next batch, so the scorer and the
+        event loop work at the same time (one batch in flight: the queue holds one)."""
         producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), acks="all", linger_ms=0,
                                     max_batch_size=MAX_BATCH_BYTES, max_request_size=4 * MAX_BATCH_BYTES)
         await producer.start()
@@ -172,36 +188,39 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 hold(messages)
                 for message in messages:
                     processed[message.partition] = message.offset
-                outbox = Outbox(producer)
-                await handle_batch(batch, outbox)
-                ack_when_delivered(await outbox.send(), messages, app.consumer, on_delivery_failure)
+                await scored.put(admit_batch(batch, Outbox(producer), messages))
         finally:
             await producer.stop()
 
-    async def handle_batch(batch: list[Any], outbox: Outbox) -> None:
-        """Validate, apply state, score in chunks and emit; all outputs into ``outbox``."""
-        loop = asyncio.get_running_loop()
+    def admit_batch(batch: list[Any], outbox: Outbox, messages: list[Any]) -> InFlight:
+        """Validate and apply the batch (dead letters and NEXT counts into ``outbox``) and submit its valid
+        events to the scoring thread as one call (a whole micro-batch scores ~1.8x faster per session than
+        chunks of 64: each call reads the whole item table)."""
         now = time.time()
         tables = BatchTables(users, next_counts)
-        admitted: list[Admitted] = []
-        pending: list[tuple[list[Admitted], asyncio.Future]] = []
-        began = time.perf_counter()
-        for start in range(0, len(batch), SCORE_CHUNK):
-            chunk = [a for a in (admit(e, now, tables, outbox) for e in batch[start : start + SCORE_CHUNK]) if a]
-            if chunk:
-                future = loop.run_in_executor(executor, score_batch, scorer, [a.step for a in chunk])
-                pending.append((chunk, future))
-                admitted += chunk
+        admitted = [a for a in (admit(e, now, tables, outbox) for e in batch) if a]
         metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
         tables.write(users, next_counts, emitter, outbox, settings.topic_events)
-        if not admitted:
-            return
-        metrics.BATCH.observe(len(admitted))
-        for chunk, future in pending:
-            results = await future
-            emitter.emit(outbox, chunk, results, 1000.0 * (time.perf_counter() - began))
-        metrics.SCORE_SECONDS.observe(time.perf_counter() - began)
-        metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
+        future = None
+        if admitted:
+            metrics.BATCH.observe(len(admitted))
+            future = asyncio.get_running_loop().run_in_executor(executor, score_batch, scorer,
+                                                                [a.step for a in admitted])
+        return InFlight(admitted, future, outbox, messages, time.perf_counter())
+
+    @app.task
+    async def emit_scored() -> None:
+        """Stage 2: wait for a batch's scores, emit its outputs, send them, and ack its events once the
+        broker has them all."""
+        while True:
+            flight = await scored.get()
+            if flight.future is not None:
+                results = await flight.future
+                score_ms = 1000.0 * (time.perf_counter() - flight.began)
+                emitter.emit(flight.outbox, flight.admitted, results, score_ms)
+                metrics.SCORE_SECONDS.observe(score_ms / 1000.0)
+                metrics.EVENTS.labels(outcome="recommended").inc(len(flight.admitted))
+            ack_when_delivered(await flight.outbox.send(), flight.messages, app.consumer, on_delivery_failure)
 
     def admit(faust_event: Any, now: float, tables: BatchTables, outbox: Outbox) -> Admitted | None:
         """Validate one message and apply it to its user's state; a refused one goes to the DLQ (None)."""
