@@ -172,23 +172,29 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         log.error("output delivery failed; stopping so the events are re-delivered: %r", error)
         asyncio.get_running_loop().create_task(app.crash(error if isinstance(error, Exception) else RuntimeError()))
 
-    scored: asyncio.Queue[InFlight] = asyncio.Queue(maxsize=1)
+    scored: asyncio.Queue[InFlight] = asyncio.Queue(maxsize=2)
 
     @app.agent(events)
     async def process(stream: faust.StreamT) -> None:
         """Stage 1 (this agent): validate, apply state, submit the batch to the scorer; stage 2
-        (:func:`emit_scored`) emits it while this stage already takes the next batch, so the scorer and the
-        event loop work at the same time (one batch in flight: the queue holds one)."""
+        (:func:`emit_scored`) emits it. The agent takes the next batch once the scorer has started on this
+        one (the previous batch is scored), so the scorer always has the next batch queued, the event loop
+        admits and emits while it scores, and under load a batch is what arrived during one scoring call."""
         producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), acks="all", linger_ms=0,
                                     max_batch_size=MAX_BATCH_BYTES, max_request_size=4 * MAX_BATCH_BYTES)
         await producer.start()
+        previous: asyncio.Future | None = None
         try:
             async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
                 messages = [faust_event.message for faust_event in batch]
                 hold(messages)
                 for message in messages:
                     processed[message.partition] = message.offset
-                await scored.put(admit_batch(batch, Outbox(producer), messages))
+                flight = admit_batch(batch, Outbox(producer), messages)
+                await scored.put(flight)
+                if previous is not None:  # the scorer has this batch queued: let the next one fill meanwhile
+                    await asyncio.wait({previous})
+                previous = flight.future
         finally:
             await producer.stop()
 
