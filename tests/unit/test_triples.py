@@ -64,8 +64,10 @@ def test_statements_group_by_type_and_keep_order() -> None:
         node("Item", "a", title="x"),
         edge(("Item", "a"), "NEXT", ("Item", "b"), counter="p0", count=2),
     ]
+    facts.append(edge(("Item", "a"), "NEXT", ("Item", "b"), counter="p1", count=5))
     grouped = dict(statements(facts))
-    assert [row["props"]["count"] for row in grouped[EDGE_CYPHER["NEXT"]]] == [1, 2], "the later absolute wins"
+    rows = grouped[EDGE_CYPHER["NEXT"]]
+    assert [(row["counters"], row["counts"]) for row in rows] == [(["p0", "p1"], [2, 5])], "later absolute wins"
     assert len(grouped) == 2
 
 
