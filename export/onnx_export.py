@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from export.artefact import FORMAT_VERSION
@@ -34,8 +33,8 @@ EXPORTERS = ("torchscript", "dynamo")
 
 
 class TopKScorer(nn.Module):
-    """``net`` followed by ``torch.topk``: the module that is exported (for IGRec, a cheaper equivalent that
-    never builds the ``[B, n_items]`` log-probabilities, see :meth:`_top_k_from_logits`).
+    """``net`` followed by ``torch.topk``: the module that is exported (a network with a ``top_k`` method,
+    IGRec, computes the same top-K more cheaply itself, see :meth:`model.network.IGRec.top_k`).
 
     forward(items [B,N], alias [B,L], adj [B,N,2N], mask [B,L], hist_items [B,H], hist_adj [B,H,2H])
     -> (top_items int64 [B, K], top_scores float32 [B, K]); the history inputs exist only when the network
@@ -50,39 +49,11 @@ class TopKScorer(nn.Module):
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None):
         history = (hist_items, hist_adj) if self.history else (None, None)
-        if hasattr(self.net, "session_vector"):
-            return self._top_k_from_logits(items, alias, adj, mask, *history)
+        if hasattr(self.net, "top_k"):
+            return self.net.top_k(self.k, items, alias, adj, mask, *history)
         logp = self.net(items, alias, adj, mask, *history) if self.history else self.net(items, alias, adj, mask)
         top_scores, top_items = torch.topk(logp, self.k, dim=-1)
         return top_items, top_scores
-
-    def _top_k_from_logits(self, items, alias, adj, mask, hist_items, hist_adj):
-        """IGRec's top-K without materialising ``[B, n_items]`` log-probabilities (same result as
-        ``topk(net(...))``, up to the order of exact ties).
-
-        Outside the session an item's log-probability is its explore log-probability plus ``log p(explore)``,
-        the same shift for every item of a row; a session item's repeat mixture is at least that. So the
-        top-K lies among the top-K explore items and the session's own items: one log-softmax and one TopK
-        over ``[B, V]``, and the repeat mixture for the session items only, instead of an add and a scatter
-        over ``[B, V]`` before the TopK. (onnxruntime's LogSoftmax is a fused kernel; a separate
-        ReduceLogSumExp over ``[B, V]`` measured 5x slower.)
-        """
-        from model.network import NEG, _logaddexp
-
-        net = self.net
-        session, node_h, last_emb = net.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = torch.log_softmax(net.logits(session), -1)
-        top_explore, top_items = torch.topk(explore, self.k, dim=-1)
-        if not net.config.use_repeat:
-            return top_items, top_explore
-        node_logp, gate = net.repeat(node_h, items, alias, mask, session, last_emb)
-        log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
-        mixed = _logaddexp(torch.gather(explore, 1, items) + log_explore, node_logp + log_repeat)
-        mixed = mixed.masked_fill(items == 0, NEG)
-        in_session = (top_items[:, :, None] == items[:, None, :]).any(-1)
-        candidates = (top_explore + log_explore).masked_fill(in_session, NEG)
-        scores, where = torch.topk(torch.cat([candidates, mixed], 1), self.k, dim=-1)
-        return torch.gather(torch.cat([top_items, items], 1), 1, where), scores
 
 
 def uses_history(net: nn.Module) -> bool:

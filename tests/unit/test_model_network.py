@@ -105,6 +105,19 @@ def test_empty_history_is_a_no_op_and_real_history_changes_the_scores():
     assert not torch.allclose(base[0], with_some[0])
 
 
+@pytest.mark.parametrize("name", ["igrec", "igrec+prior", "srgnn"])
+def test_top_k_equals_topk_of_the_full_log_probabilities(name):
+    torch.manual_seed(0)
+    net = _network(CONFIGS[name]).eval()
+    with torch.no_grad():
+        net.item_encoder.table().mul_(4.0)  # peaked scores: no near-ties to swap
+        x = _inputs()
+        expected_scores, expected_items = torch.topk(net(*x), 8, dim=-1)
+        items, scores = net.top_k(8, *x)
+    torch.testing.assert_close(scores, expected_scores)
+    assert torch.equal(items, expected_items)
+
+
 def test_cooccurrence_prior_raises_items_seen_next_to_the_session_items():
     torch.manual_seed(0)
     config = ModelConfig(n_items=30, dim=16, interests=1, use_prior=True, prior_neighbors=4, dropout=0.0)
