@@ -109,6 +109,15 @@ def sessions_to_cases(sessions: Sequence[Sequence[int]]) -> Cases:
     return Cases(flat, start, prefix_len, target)
 
 
+def case_sessions(cases: Cases, sessions: Sequence[Sequence[int]]) -> np.ndarray:
+    """Index (into ``sessions``) of the session each case comes from, int64 [C], for cases made by
+    :func:`sessions_to_cases` from ``sessions`` (or a subset of them): a case's prefix starts where its
+    session starts in ``flat``."""
+    lengths = np.fromiter((len(s) for s in sessions), dtype=np.int64, count=len(sessions))
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return np.searchsorted(offsets, cases.start, side="right") - 1
+
+
 def _read_sessions_txt(path: Path) -> list[list[int]]:
     with path.open() as f:
         return [[int(t) for t in line.split()] for line in f if line.strip()]

@@ -14,6 +14,7 @@ torch-geometric scatter over an edge list, and it exports to ONNX as plain MatMu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -218,11 +219,11 @@ class CooccurrencePrior(nn.Module):
         with torch.no_grad():
             self.recency_weight[0] = 0.5
 
-    def forward(self, items: torch.Tensor, alias: torch.Tensor, mask: torch.Tensor, neighbors: torch.Tensor,
-                shares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, items: torch.Tensor, alias: torch.Tensor, mask: torch.Tensor, nbr: torch.Tensor,
+                share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items [B,N], alias [B,L], mask [B,L], each node's neighbours nbr [B,N,K] and shares [B,N,K]."""
         rec, _ = node_recency(items, alias, mask, self.max_len)
         weight = F.softplus(self.recency_weight)[rec] * (items > 0).float()
-        nbr, share = neighbors[items], shares[items]
         bias = weight[..., None] * torch.log1p(share / 0.05)
         return nbr.flatten(1), bias.flatten(1)
 
@@ -302,11 +303,30 @@ class IGRec(nn.Module):
         self.prior_neighbors.copy_(torch.as_tensor(neighbors)[:, : self.config.prior_neighbors])
         self.prior_shares.copy_(weights / weights.sum(1, keepdim=True).clamp(min=1e-9))
 
-    def _prior(self, items, alias, mask) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(item ids [B, M], bias [B, M]) of the co-occurrence prior, or None without ``use_prior``."""
+    def set_training_prior_graphs(self, graphs: Sequence[tuple]) -> None:
+        """Co-occurrence graphs ``[(neighbors, counts), ...]`` of disjoint parts of the training sessions,
+        for training only (not saved). A training case's own session is in the full graph's counts, which
+        would point the prior straight at its target (a leak the network learns to trust, and test sessions
+        do not have); so in training each case reads a graph that does not hold its session (the
+        ``prior_graph`` argument of :meth:`log_likelihood`). Evaluation and serving read the full graph."""
+        k = self.config.prior_neighbors
+        neighbors = torch.stack([torch.as_tensor(n)[:, :k] for n, _ in graphs])
+        counts = torch.stack([torch.as_tensor(w, dtype=torch.float32)[:, :k] for _, w in graphs])
+        self.register_buffer("prior_fold_neighbors", neighbors.to(self.prior_neighbors.device), persistent=False)
+        self.register_buffer("prior_fold_shares", (counts / counts.sum(-1, keepdim=True).clamp(min=1e-9)).to(
+            self.prior_shares.device), persistent=False)
+
+    def _prior(self, items, alias, mask, graph: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(item ids [B, M], bias [B, M]) of the co-occurrence prior, or None without ``use_prior``;
+        ``graph`` [B] picks each case's training graph (:meth:`set_training_prior_graphs`), else the full one."""
         if not self.config.use_prior:
             return None
-        return self.prior(items, alias, mask, self.prior_neighbors, self.prior_shares)
+        if graph is None:
+            nbr, share = self.prior_neighbors[items], self.prior_shares[items]
+        else:
+            nbr = self.prior_fold_neighbors[graph[:, None], items]
+            share = self.prior_fold_shares[graph[:, None], items]
+        return self.prior(items, alias, mask, nbr, share)
 
     def _interest_weights(self, emb: torch.Tensor) -> torch.Tensor:
         """y [B, N, k]: Gumbel-softmax (training) or softmax (inference) of v_i^T W_l / tau."""
@@ -391,15 +411,17 @@ class IGRec(nn.Module):
             return F.normalize(session, dim=-1) * self.config.scale, row_normalize(table)
         return session, table
 
-    def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
+    def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None,
+                       prior_graph=None) -> torch.Tensor:
         """log p(target) [B] (float32) without materialising [B, V] log-probabilities: the training loss.
 
         Equals ``forward(...).gather(1, target)`` but touches the [B, V] logits only through one
-        logsumexp, which roughly halves the CPU step time against log_softmax + nll.
+        logsumexp, which roughly halves the CPU step time against log_softmax + nll. ``prior_graph`` [B]:
+        the training co-occurrence graph of each case (see :meth:`set_training_prior_graphs`).
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
         explore = target_log_likelihood(*self._score_inputs(session, self.item_encoder.table()[1:]), target,
-                                        self._prior(items, alias, mask))
+                                        self._prior(items, alias, mask, prior_graph))
         explore = explore[:, None]
         if not self.config.use_repeat:
             return explore.squeeze(1)
@@ -471,8 +493,9 @@ class GRU4Rec(nn.Module):
         """[B, n_items + 1] float32 scores (column 0 = NEG) from the GRU state after the last click."""
         return _score(self._last_state(items, alias, mask), self.item_encoder.table(), self.training)
 
-    def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
-        """log p(target) [B] (see :meth:`IGRec.log_likelihood`)."""
+    def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None,
+                       prior_graph=None) -> torch.Tensor:
+        """log p(target) [B] (see :meth:`IGRec.log_likelihood`; no co-occurrence prior here)."""
         return target_log_likelihood(self._last_state(items, alias, mask), self.item_encoder.table()[1:], target)
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import Cases, SessionSplit, load_raw, read_split, sessions_to_cases, split_validation
+from model.data import Cases, SessionSplit, case_sessions, load_raw, read_split, sessions_to_cases, split_validation
 from model.graphs import build_global_graph, build_session_graphs
 
 
@@ -131,6 +131,18 @@ def make_model_config(cfg: TrainConfig, n_items: int):
     return ModelConfig(n_items=n_items, max_len=cfg.max_len, **cfg.model)
 
 
+def set_prior_graphs(net, mcfg, fit_sessions: list, fit: Cases, n_items: int) -> np.ndarray:
+    """Load the co-occurrence prior: the graph of all fit sessions (evaluation, serving) and the graphs of
+    the even- and odd-numbered sessions (training); returns, per fit case, the training graph that does not
+    hold the case's own session (see ``IGRec.set_training_prior_graphs``)."""
+    full = build_global_graph(fit_sessions, n_items, mcfg.prior_neighbors, mcfg.prior_hops)
+    net.set_prior_graph(full.neighbors, full.weights)
+    halves = [build_global_graph(fit_sessions[part::2], n_items, mcfg.prior_neighbors, mcfg.prior_hops)
+              for part in (0, 1)]
+    net.set_training_prior_graphs([(g.neighbors, g.weights) for g in halves])
+    return 1 - case_sessions(fit, fit_sessions) % 2
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train, early-stop on validation HR@20, evaluate the best epoch on test; returns the results."""
     import torch
@@ -163,9 +175,9 @@ def train(cfg: TrainConfig) -> dict:
     if getattr(mcfg, "use_global", False) and mcfg.arch == "igrec":
         gg = build_global_graph(fit_sessions, split.n_items, mcfg.global_neighbors)
         net.set_global_graph(gg.neighbors, gg.weights)
+    prior_graph = None
     if getattr(mcfg, "use_prior", False) and mcfg.arch == "igrec":
-        pg = build_global_graph(fit_sessions, split.n_items, mcfg.prior_neighbors, mcfg.prior_hops)
-        net.set_prior_graph(pg.neighbors, pg.weights)
+        prior_graph = set_prior_graphs(net, mcfg, fit_sessions, fit, split.n_items)
     steps_per_epoch = math.ceil(len(fit) / cfg.batch_size)
     opt = torch.optim.AdamW(parameter_groups(net, cfg.lr, cfg.lr_embedding, cfg.weight_decay, cfg.lr_groups),
                             fused=device.type in ("cpu", "cuda"))
@@ -195,8 +207,9 @@ def train(cfg: TrainConfig) -> dict:
                    mininterval=5.0)
         for index in bar:
             inputs, target = batch_tensors(fit, index, cfg.max_len, cfg.binary_adj, device)
+            graph = None if prior_graph is None else torch.from_numpy(prior_graph[index]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = -net.log_likelihood(target, *inputs).float().mean()
+                loss = -net.log_likelihood(target, *inputs, prior_graph=graph).float().mean()
                 if encoder is not None:
                     loss = loss + encoder.alignment_loss(torch.cat([target, inputs[0].reshape(-1)])).float()
             opt.zero_grad(set_to_none=True)

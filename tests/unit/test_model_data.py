@@ -7,6 +7,7 @@ import pytest
 
 from model.data import (
     Clicks,
+    case_sessions,
     load_raw,
     preprocess_clicks,
     read_split,
@@ -24,6 +25,13 @@ def test_prefix_expansion_order():
     np.testing.assert_array_equal(c.target, [3, 2, 6])
     np.testing.assert_array_equal(c.padded(np.array([0, 1, 2])), [[1, 2], [1, 0], [5, 0]])
     np.testing.assert_array_equal(c.padded(np.array([0]), max_len=1), [[2]])
+
+
+def test_case_sessions_names_the_session_of_every_case_also_in_a_subset():
+    sessions = [[1, 2, 3], [4], [], [5, 6], [7, 8, 9, 1]]
+    cases = sessions_to_cases(sessions)
+    np.testing.assert_array_equal(case_sessions(cases, sessions), [0, 0, 3, 4, 4, 4])
+    np.testing.assert_array_equal(case_sessions(cases.subset(np.array([5, 2])), sessions), [4, 3])
 
 
 def test_split_reader_on_an_unseen_folder(tmp_path):

@@ -133,6 +133,26 @@ def test_cooccurrence_prior_raises_items_seen_next_to_the_session_items():
     torch.testing.assert_close(gain[1], gain[20])
 
 
+def test_training_reads_the_prior_graph_without_the_cases_own_session():
+    torch.manual_seed(0)
+    config = ModelConfig(n_items=30, dim=16, interests=1, use_prior=True, prior_neighbors=4, dropout=0.0)
+    net = _network(config).eval()
+    full = build_global_graph(PRIOR_SESSIONS, 30, 4, config.prior_hops)
+    empty = build_global_graph([], 30, 4, config.prior_hops)
+    net.set_training_prior_graphs([(empty.neighbors, empty.weights), (full.neighbors, full.weights)])
+    x = _inputs()
+    with torch.no_grad():
+        read_full = net.log_likelihood(TARGETS, *x)
+        read_empty = net.log_likelihood(TARGETS, *x, prior_graph=torch.tensor([0, 0, 0]))
+        read_fold_full = net.log_likelihood(TARGETS, *x, prior_graph=torch.tensor([1, 1, 1]))
+        net.prior_shares.zero_()
+        no_prior = net.log_likelihood(TARGETS, *x)
+    torch.testing.assert_close(read_fold_full, read_full)
+    torch.testing.assert_close(read_empty, no_prior)
+    assert not torch.allclose(read_full, no_prior)
+    assert "prior_fold_neighbors" not in net.state_dict()
+
+
 @pytest.mark.parametrize("prior", [False, True])
 def test_onnx_export_opset18_matches_torch(tmp_path, prior):
     ort = pytest.importorskip("onnxruntime")
