@@ -36,7 +36,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup: float = 0.05
     final_lr_fraction: float = 0.0
-    val_fraction: float = 0.1
+    val_fraction: float = 0.02
     val_max_cases: int = 20_000
     max_train_cases: int | None = None
     patience: int = 2
@@ -126,7 +126,7 @@ def make_model_config(cfg: TrainConfig, n_items: int):
     if cfg.arch == "srgnn":
         return ModelConfig.srgnn(n_items, max_len=cfg.max_len, **cfg.model)
     if cfg.arch == "gru4rec":
-        return ModelConfig(n_items=n_items, arch="gru4rec", max_len=cfg.max_len, dropout=0.0,
+        return ModelConfig(n_items=n_items, arch="gru4rec", max_len=cfg.max_len, dropout=0.0, use_prior=False,
                            **{k: v for k, v in cfg.model.items() if k != "arch"})
     return ModelConfig(n_items=n_items, max_len=cfg.max_len, **cfg.model)
 

@@ -14,7 +14,7 @@ from model.network import ModelConfig, build_network, row_normalize, target_log_
 SESSIONS = [[1, 2, 3, 2], [5, 6], [7, 7, 7, 8, 9]]
 TARGETS = torch.tensor([2, 10, 7])
 CONFIGS = {
-    "igrec": ModelConfig(n_items=30, dim=16, interests=3),
+    "igrec": ModelConfig(n_items=30, dim=16, interests=3, use_prior=False),
     "srgnn": ModelConfig.srgnn(30, dim=16),
     "gru4rec": ModelConfig(n_items=30, dim=16, arch="gru4rec"),
     "igrec+prior": ModelConfig(n_items=30, dim=16, interests=2, use_prior=True, prior_neighbors=4),
