@@ -25,7 +25,7 @@ PRIOR_SESSIONS = [[1, 2, 3, 4], [2, 10, 11], [7, 8, 9, 7], [5, 6, 12], [3, 2, 10
 def _network(config: ModelConfig):
     """build_network, with the co-occurrence prior loaded from PRIOR_SESSIONS when the config uses it."""
     net = build_network(config)
-    if getattr(config, "use_prior", False):
+    if config.arch == "igrec" and config.use_prior:
         graph = build_global_graph(PRIOR_SESSIONS, config.n_items, config.prior_neighbors, config.prior_hops)
         net.set_prior_graph(graph.neighbors, graph.weights)
     return net
