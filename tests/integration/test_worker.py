@@ -102,7 +102,7 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=f"{iso.topic_events}-w").start()
     try:
         asyncio.run(publish(iso, iso.topic_events, list(session_events(sessions, run="parity"))))
-        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=180, watch=[worker]))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=360, watch=[worker]))
     finally:
         worker.stop()
     assert_same_recommendations(got, expected)
@@ -133,13 +133,13 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
     try:
         asyncio.run(publish(iso, iso.topic_events, events[: len(events) // 2]))
-        partial = asyncio.run(collect(iso, iso.topic_recommendations, len(events) // 4, timeout=120, watch=[worker]))
+        partial = asyncio.run(collect(iso, iso.topic_recommendations, len(events) // 4, timeout=240, watch=[worker]))
         assert len(partial) >= len(events) // 4
         worker.kill9()
         asyncio.run(publish(iso, iso.topic_events, events[len(events) // 2 :]))
         # a fresh local folder: the restarted worker must rebuild every user's state from the changelog
         worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
-        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=240, watch=[worker]))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[worker]))
     finally:
         worker.stop()
     assert_same_recommendations(got, expected)
@@ -154,10 +154,10 @@ def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefac
     second = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w2")
     try:
         asyncio.run(publish(iso, iso.topic_events, events[: len(events) // 3]))
-        asyncio.run(collect(iso, iso.topic_recommendations, len(events) // 6, timeout=120, watch=[first]))
+        asyncio.run(collect(iso, iso.topic_recommendations, len(events) // 6, timeout=240, watch=[first]))
         second.start()
         asyncio.run(publish(iso, iso.topic_events, events[len(events) // 3 :]))
-        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=240, watch=[first, second]))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[first, second]))
     finally:
         first.stop()
         second.stop()
