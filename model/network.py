@@ -63,7 +63,7 @@ class ModelConfig:
     global_neighbors: int = 12
     use_history: bool = True
     use_repeat: bool = True
-    use_prior: bool = True
+    use_prior: bool = False
     prior_neighbors: int = 30
     prior_hops: int = 2
     use_positions: bool = True
@@ -77,9 +77,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        """The config of a checkpoint; one written before the co-occurrence prior existed has none."""
         names = {f.name for f in fields(cls)}
-        return cls(**{"use_prior": False, **{k: v for k, v in data.items() if k in names}})
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
     def srgnn(cls, n_items: int, **overrides) -> ModelConfig:

@@ -126,7 +126,7 @@ def make_model_config(cfg: TrainConfig, n_items: int):
     if cfg.arch == "srgnn":
         return ModelConfig.srgnn(n_items, max_len=cfg.max_len, **cfg.model)
     if cfg.arch == "gru4rec":
-        return ModelConfig(n_items=n_items, arch="gru4rec", max_len=cfg.max_len, dropout=0.0, use_prior=False,
+        return ModelConfig(n_items=n_items, arch="gru4rec", max_len=cfg.max_len, dropout=0.0,
                            **{k: v for k, v in cfg.model.items() if k != "arch"})
     return ModelConfig(n_items=n_items, max_len=cfg.max_len, **cfg.model)
 
