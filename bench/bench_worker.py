@@ -7,8 +7,8 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      bench's receipt of its recommendation (one clock: both happen in this process);
   4. fan-out: the Kafka messages the worker wrote per event (all its topics: outputs, internal topics,
      changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
-     produces that many messages for it (record batches per topic and partition, as the worker writes),
-     no state and no scoring: the ceiling of the worker's Kafka I/O alone on this machine.
+     produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
+     alone on this machine.
 Events are real Diginetica test sessions replayed click by click, one user per session. Prints a table.
 """
 
@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from model.data import read_test_tsv
-from streams.outbox import MAX_BATCH_BYTES, Outbox
 from streams.replay import cases_to_sessions, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
@@ -102,23 +100,22 @@ async def run_phase(
 
 async def relay(settings: Settings, in_topic: str, out_topic: str, spill_topic: str, fanout: int, n: int) -> None:
     """Consume ``n`` events; for each produce one copy to ``out_topic`` and ``fanout - 1`` to ``spill_topic``,
-    one record batch per topic and partition per poll, as the worker writes (the fan-out ceiling, phase 4)."""
+    awaiting each send as the worker does (the fan-out ceiling, phase 4)."""
     consumer = AIOKafkaConsumer(in_topic, **settings.aiokafka_kwargs(), auto_offset_reset="earliest",
                                 group_id=f"relay-{uuid.uuid4().hex[:6]}")
-    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=0, acks="all", max_batch_size=MAX_BATCH_BYTES)
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=5, acks="all",
+                                max_batch_size=256 * 1024)
     await consumer.start()
     await producer.start()
     seen = 0
     try:
         while seen < n:
-            outbox = Outbox(producer)
-            for tp, messages in (await consumer.getmany(timeout_ms=200, max_records=256)).items():
+            for messages in (await consumer.getmany(timeout_ms=200, max_records=256)).values():
                 for message in messages:
-                    outbox.add(out_topic, tp.partition, message.key, message.value)
+                    await producer.send(out_topic, message.value, key=message.key)
                     for _ in range(fanout - 1):
-                        outbox.add(spill_topic, tp.partition, message.key, message.value)
+                        await producer.send(spill_topic, message.value, key=message.key)
                     seen += 1
-            await outbox.send()
         await producer.flush()
     finally:
         await producer.stop()
@@ -127,18 +124,15 @@ async def relay(settings: Settings, in_topic: str, out_topic: str, spill_topic: 
 
 async def messages_written(settings: Settings, prefix: str, exclude: set[str]) -> int:
     """Sum of end offsets over every topic whose name starts with ``prefix`` (minus ``exclude``)."""
-    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
     consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs())
-    await admin.start()
     await consumer.start()
     try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix) and t not in exclude]
-        partitions = [TopicPartition(entry["topic"], p["partition"])
-                      for entry in await admin.describe_topics(topics) for p in entry["partitions"]]
+        topics = [t for t in await consumer.topics() if t.startswith(prefix) and t not in exclude]
+        partitions = [tp for t in topics for tp in
+                      (TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ())]
         return sum((await consumer.end_offsets(partitions)).values())
     finally:
         await consumer.stop()
-        await admin.close()
 
 
 async def fanout_ceiling(settings: Settings, events: list[dict], fanout: int) -> tuple[float, np.ndarray]:
@@ -174,30 +168,6 @@ def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subproces
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) per thread name of process ``pid`` (Linux /proc): the worker's event loop
-    is ``MainThread``'s name (the process name), the scorer ``igrec-scorer_0``. CPU time, unlike wall time,
-    is not inflated when other processes share the cores."""
-    tick = os.sysconf("SC_CLK_TCK")
-    cpu: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return cpu
-
-
-def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
-    """Microseconds of CPU per event and thread group: the scorer thread, the rest (event loop, aiokafka)."""
-    used = {name: after[name] - before.get(name, 0.0) for name in after}
-    scorer = sum(v for name, v in used.items() if name.startswith("igrec-scorer"))
-    return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
-
-
 def row(name: str, rate: float, latencies: np.ndarray) -> str:
     p50, p99 = np.percentile(latencies, [50, 99])
     return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
@@ -227,13 +197,11 @@ def main() -> None:
         try:
             warm = events[-200:]
             asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
-            before = thread_cpu(worker.pid)
             flat_out = asyncio.run(
                 run_phase(
                     settings, settings.topic_events, settings.topic_recommendations, events[: args.events], None, 600
                 )
             )
-            cpu = cpu_per_event(before, thread_cpu(worker.pid), args.events)
             paced = events[args.events : args.events + args.latency_events]
             at_rate = asyncio.run(
                 run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600)
@@ -255,8 +223,6 @@ def main() -> None:
     print(row(f"aiokafka relay, {fanout} messages per event (I/O ceiling)", *relayed))
     print(f"\nthe worker wrote {written:,} Kafka messages for {worker_events:,} events: {written / worker_events:.2f} "
           "per event (outputs, internal topics and changelogs)")
-    print(f"\nworker CPU per event, flat-out phase: scoring thread {cpu['scorer']:.0f} us, the rest (event loop, "
-          f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}")
 
 

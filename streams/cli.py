@@ -68,13 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--artefact", required=True, help="artefact folder written by `igrec export`")
     worker.add_argument("--app-id", default="igrec-worker", help="consumer group and state name")
     worker.add_argument("--batch-max", type=int, default=256, help="most events per scoring micro-batch")
-    worker.add_argument("--batch-wait-ms", type=float, default=2.0,
-                        help="longest wait of an idle worker for a micro-batch (under load a batch is what "
-                        "arrived while the previous one was handled)")
+    worker.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a micro-batch")
     worker.add_argument("--session-gap-min", type=float, default=30.0, help="inactivity that ends a session")
     worker.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
-    worker.add_argument("--threads", type=int, default=1,
-                        help="onnxruntime intra-op threads (0: one per core); one leaves a core to the event loop")
+    worker.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
     worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
     worker.add_argument("--loglevel", default="info", help="debug, info, warning or error")
@@ -239,7 +236,7 @@ def _worker(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         policy=SessionPolicy(gap_s=60.0 * args.session_gap_min),
         providers=args.providers,
-        threads=args.threads or None,
+        threads=args.threads,
         metrics_port=args.metrics_port or None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )

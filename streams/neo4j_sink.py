@@ -3,8 +3,7 @@
 Each poll of up to ``batch_size`` messages becomes one managed write transaction of ``UNWIND $rows ...
 MERGE`` statements, one per relationship type or node label. Kafka offsets are committed only after Neo4j
 has committed, so a crash re-delivers at most the last batch, and since every value is an absolute (``SET
-r += row.props``; a summed count such as ``NEXT.count`` keeps each counter's absolute value and their sum),
-writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
+r += row.props``), writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
 and their source topic/partition/offset. While Neo4j is unreachable the sink waits with backoff and keeps
 the batch; nothing is skipped.
 """
@@ -26,7 +25,7 @@ from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.triples import COUNTER, NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
+from streams.triples import NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
 
 log = logging.getLogger("igrec.sink")
 T = TypeVar("T")
@@ -62,27 +61,11 @@ def edge_cypher(rel: str) -> str:
     spec = RELATIONSHIPS[rel]
     key = ", ".join(f"{name}: row.props.{name}" for name in spec.key)
     key_map = f" {{{key}}}" if key else ""
-    merge = (
+    return (
         f"UNWIND $rows AS row "
         f"MERGE (h:{spec.head} {{id: row.head}}) SET h += row.head_props "
         f"MERGE (t:{spec.tail} {{id: row.tail}}) SET t += row.tail_props "
-        f"MERGE (h)-[r:{rel}{key_map}]->(t)"
-    )
-    return merge + (_summed_set(spec.summed) if spec.summed else " SET r += row.props")
-
-
-def _summed_set(count: str) -> str:
-    """SET clause of a summed relationship. A row holds one pair's counters and their absolute counts
-    (:func:`statements` merges a batch's messages per pair, so no two rows touch one relationship): those
-    counters get the new values in the parallel lists ``counters`` / ``counts``, the others keep theirs, and
-    ``count`` becomes the sum; so a re-delivered or replayed partial changes nothing and counters add up."""
-    return (
-        f" WITH r, row, coalesce(r.counters, []) AS counters, coalesce(r.counts, []) AS counts"
-        f" WITH r, row, counters, counts,"
-        f" [i IN range(0, size(counters) - 1) WHERE NOT counters[i] IN row.counters] AS keep"
-        f" SET r.counters = [i IN keep | counters[i]] + row.counters,"
-        f" r.counts = [i IN keep | counts[i]] + row.counts"
-        f" SET r.{count} = reduce(total = 0, c IN r.counts | total + c)"
+        f"MERGE (h)-[r:{rel}{key_map}]->(t) SET r += row.props"
     )
 
 
@@ -94,16 +77,11 @@ def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
     """Group triples into (Cypher, rows) pairs: one statement per node label / relationship type.
 
     Rows keep message order within a group, so when one batch carries two values of the same property
-    the later one wins, as it would one message at a time. A summed relationship (``NEXT``) gets one row per
-    relationship with each counter's latest value in the batch.
+    the later one wins, as it would one message at a time.
     """
     groups: dict[str, list[dict]] = {}
-    summed: dict[tuple[str, str, str], dict] = {}
     for t in triples:
-        spec = RELATIONSHIPS.get(t.rel or "")
-        if spec is not None and spec.summed:
-            _merge_summed(summed, t, spec.summed)
-        elif t.rel is None:
+        if t.rel is None:
             groups.setdefault(NODE_CYPHER[t.head_label], []).append({"id": t.head_id, "props": t.head_props})
         else:
             groups.setdefault(EDGE_CYPHER[t.rel], []).append(
@@ -115,21 +93,7 @@ def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
                     "props": t.props or {},
                 }
             )
-    for (rel, _, _), row in summed.items():
-        counters = row.pop("by_counter")
-        groups.setdefault(EDGE_CYPHER[rel], []).append(row | {"counters": list(counters),
-                                                               "counts": list(counters.values())})
     return list(groups.items())
-
-
-def _merge_summed(rows: dict[tuple[str, str, str], dict], t: Triple, count: str) -> None:
-    """One row per relationship of a summed type: each counter's latest absolute value in this batch."""
-    row = rows.setdefault((t.rel or "", t.head_id, t.tail_id or ""), {
-        "head": t.head_id, "head_props": {}, "tail": t.tail_id, "tail_props": {}, "by_counter": {}})
-    row["head_props"] |= t.head_props
-    row["tail_props"] |= t.tail_props or {}
-    props = t.props or {}
-    row["by_counter"][props[COUNTER]] = props[count]
 
 
 def _run_all(tx: ManagedTransaction, work: Sequence[tuple[str, list[dict]]]) -> None:

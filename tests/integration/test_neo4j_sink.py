@@ -22,9 +22,8 @@ TMALL = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall"
 
 
 def real_triples(prefix: str, n_sessions: int = 150, n_kg: int = 1500) -> list[Triple]:
-    """Facts from real Tmall data, in the shape the worker emits them: sessions, clicks, NEXT counts from three
-    counters (each transition re-emits its counter's running total; the graph's count is their sum), and the
-    items' category / seller / brand knowledge."""
+    """Facts from real Tmall data, in the shape the worker emits them: sessions, clicks, absolute NEXT counts
+    (each transition re-emits its running total), and the items' category / seller / brand knowledge."""
     triples: list[Triple] = []
     next_counts: Counter = Counter()
     for s, session in enumerate(read_split(TMALL).train[:n_sessions]):
@@ -34,10 +33,9 @@ def real_triples(prefix: str, n_sessions: int = 150, n_kg: int = 1500) -> list[T
             triples.append(edge(("Session", sess), "CLICKED", ("Item", f"{prefix}{item}"), pos=pos, ts=1e9 + pos))
             if pos:
                 pair = (session[pos - 1], item)
-                next_counts[pair, s % 3] += 1
+                next_counts[pair] += 1
                 triples.append(
-                    edge(("Item", f"{prefix}{pair[0]}"), "NEXT", ("Item", f"{prefix}{item}"),
-                         counter=f"c{s % 3}", count=next_counts[pair, s % 3])
+                    edge(("Item", f"{prefix}{pair[0]}"), "NEXT", ("Item", f"{prefix}{item}"), count=next_counts[pair])
                 )
     triples.extend(kg_txt_triples(TMALL / "kg.txt", prefix=prefix, limit=n_kg))
     triples.append(node("Item", f"{prefix}{read_split(TMALL).train[0][0]}", title="first item", tags=["a", "b"]))
@@ -80,7 +78,7 @@ async def test_replaying_the_same_triples_changes_nothing(settings: Settings, to
     assert len(rels) > 1000 and len(nodes) > 500
     next_counts = Counter((t.head_id[len(prefix) :], t.tail_id[len(prefix) :]) for t in triples if t.rel == "NEXT")
     stored = {(h, t): dict(p)["count"] for h, kind, p, t in rels if kind == "NEXT"}
-    assert stored == dict(next_counts), "NEXT.count must be the sum of the counters' absolutes, not of replays"
+    assert stored == dict(next_counts), "NEXT.count must be the absolute count, not a sum of replays"
 
     await publish(settings, topic_name, [t.to_json() for t in triples])
     await drain(settings, topic_name, group=f"{topic_name}-a")
@@ -260,8 +258,7 @@ def test_neighbourhood_shares_its_limit_among_relationship_types(settings: Setti
     from streams.neo4j_sink import write_triples
 
     prefix = f"{uuid.uuid4().hex[:8]}:"
-    facts = [edge(("Item", f"{prefix}c"), "NEXT", ("Item", f"{prefix}n{i}"), counter="c", count=1)
-             for i in range(40)]
+    facts = [edge(("Item", f"{prefix}c"), "NEXT", ("Item", f"{prefix}n{i}"), count=1) for i in range(40)]
     facts += [edge(("Item", f"{prefix}c"), "IN_CATEGORY", ("Category", f"{prefix}cat"))]
     facts += [edge(("Item", f"{prefix}c"), "HAS", ("Entity", f"{prefix}brand:{i}"), relation="brand") for i in range(2)]
     with connect(settings) as driver:

@@ -28,7 +28,7 @@ def test_every_triple_the_code_makes_is_valid() -> None:
     for triple in [
         node("Item", "7", title="Navy Shirt", tags=["a", "b"]),
         edge(("Session", "s"), "CLICKED", ("Item", "7"), pos=0, ts=1.7e9),
-        edge(("Item", "7"), "NEXT", ("Item", "8"), counter="igrec.events/0", count=3),
+        edge(("Item", "7"), "NEXT", ("Item", "8"), count=3),
         edge(("User", "u"), "INTERESTED_IN", ("Interest", "m/0"), weight=0.4),
         from_fact(Fact("Item", "7", "RELATED", "Item", "8", {"type": "also_viewed", "score": 0.9})),
         from_fact(Fact("Item", "7", "HAS", "Entity", "colour:navy", {"relation": "colour"})),

@@ -60,14 +60,12 @@ def test_cypher_names_come_only_from_the_whitelist() -> None:
 
 def test_statements_group_by_type_and_keep_order() -> None:
     facts = [
-        edge(("Item", "a"), "NEXT", ("Item", "b"), counter="p0", count=1),
+        edge(("Item", "a"), "NEXT", ("Item", "b"), count=1),
         node("Item", "a", title="x"),
-        edge(("Item", "a"), "NEXT", ("Item", "b"), counter="p0", count=2),
+        edge(("Item", "a"), "NEXT", ("Item", "b"), count=2),
     ]
-    facts.append(edge(("Item", "a"), "NEXT", ("Item", "b"), counter="p1", count=5))
     grouped = dict(statements(facts))
-    rows = grouped[EDGE_CYPHER["NEXT"]]
-    assert [(row["counters"], row["counts"]) for row in rows] == [(["p0", "p1"], [2, 5])], "later absolute wins"
+    assert [row["props"]["count"] for row in grouped[EDGE_CYPHER["NEXT"]]] == [1, 2], "the later absolute wins"
     assert len(grouped) == 2
 
 
@@ -82,22 +80,3 @@ def test_facts_from_model_become_validated_triples() -> None:
         from_fact(Fact("Item", "1", "RELATED", "Item", "2", {"score": 0.9}))
     with pytest.raises(TripleError, match="is not one of"):
         from_fact(Fact("Brand", "x"))
-
-
-def test_a_summed_relationship_carries_exactly_one_counter_and_its_count() -> None:
-    ok = parse(edge(("Item", "a"), "NEXT", ("Item", "b"), counter="igrec.events/3", count=7).to_json())
-    assert ok.props == {"counter": "igrec.events/3", "count": 7}
-    for props, reason in [({"count": 7}, "needs the properties"), ({"counter": "c", "count": -1}, "integer >= 0"),
-                          ({"counter": "c", "count": 1.5}, "integer >= 0"), ({"counter": "", "count": 1}, "non-empty"),
-                          ({"counter": "c", "count": 1, "weight": 2}, "exactly")]:
-        with pytest.raises(TripleError, match=reason):
-            parse(edge(("Item", "a"), "NEXT", ("Item", "b"), **props).to_json())
-    assert "reduce(total = 0, c IN r.counts | total + c)" in EDGE_CYPHER["NEXT"]
-
-
-def test_edge_json_is_the_triples_own_encoding() -> None:
-    from streams.triples import edge_json
-
-    props = {"pos": 3, "ts": 1.7e9}
-    assert edge_json(("Session", "s"), "CLICKED", ("Item", "7"), props) == edge(
-        ("Session", "s"), "CLICKED", ("Item", "7"), **props).to_json()

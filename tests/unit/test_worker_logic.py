@@ -24,7 +24,7 @@ class FakeScorer:
         return np.array([int(i) if i.isdigit() and 0 < int(i) < 10 else 0 for i in ids], dtype=np.int64)
 
     def external_ids(self, indices):
-        return np.asarray(indices).astype(str)
+        return [str(i) for i in indices]
 
     def recommend_sessions(self, sessions, histories=None):
         self.calls = (sessions, histories)
@@ -51,7 +51,7 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
 def test_interest_triples_carry_absolute_weights_and_item_facts_only_when_new() -> None:
     event = Event(schema_version=1, event_id="e", user_id="u", item_id="2", ts=1.7e9)
     scoring = score_batch(FakeScorer(), [step(["1", "2"], position=1)])[0]
-    own = FakeScorer().interests[scoring.clicked].tolist()
+    own = [float(w) for w in FakeScorer().interest_weights([scoring.clicked])]
     facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", own)]
     user = [f for f in facts if f["rel"] == "INTERESTED_IN"]
     assert [(f["tail"]["id"], round(f["props"]["weight"], 6)) for f in user] == [("m1/0", 0.15), ("m1/1", 0.85)]
