@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from model.data import read_test_tsv
@@ -123,16 +124,20 @@ async def relay(settings: Settings, in_topic: str, out_topic: str, spill_topic: 
 
 
 async def messages_written(settings: Settings, prefix: str, exclude: set[str]) -> int:
-    """Sum of end offsets over every topic whose name starts with ``prefix`` (minus ``exclude``)."""
+    """Sum of end offsets over every topic whose name starts with ``prefix`` (minus ``exclude``); the
+    partitions come from the admin client (a plain consumer's metadata lists none for unsubscribed topics)."""
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
     consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs())
+    await admin.start()
     await consumer.start()
     try:
-        topics = [t for t in await consumer.topics() if t.startswith(prefix) and t not in exclude]
-        partitions = [tp for t in topics for tp in
-                      (TopicPartition(t, p) for p in consumer.partitions_for_topic(t) or ())]
+        topics = [t for t in await admin.list_topics() if t.startswith(prefix) and t not in exclude]
+        partitions = [TopicPartition(entry["topic"], p["partition"])
+                      for entry in await admin.describe_topics(topics) for p in entry["partitions"]]
         return sum((await consumer.end_offsets(partitions)).values())
     finally:
         await consumer.stop()
+        await admin.close()
 
 
 async def fanout_ceiling(settings: Settings, events: list[dict], fanout: int) -> tuple[float, np.ndarray]:
