@@ -51,8 +51,7 @@ class TopKScorer(nn.Module):
         history = (hist_items, hist_adj) if self.history else (None, None)
         if hasattr(self.net, "top_k"):
             return self.net.top_k(self.k, items, alias, adj, mask, *history)
-        logp = self.net(items, alias, adj, mask, *history) if self.history else self.net(items, alias, adj, mask)
-        top_scores, top_items = torch.topk(logp, self.k, dim=-1)
+        top_scores, top_items = torch.topk(self.net(items, alias, adj, mask, *history), self.k, dim=-1)
         return top_items, top_scores
 
 

@@ -297,11 +297,18 @@ class IGRec(nn.Module):
         self.global_neighbors.copy_(torch.as_tensor(neighbors)[:, : self.config.global_neighbors])
         self.global_weights.copy_(torch.as_tensor(weights)[:, : self.config.global_neighbors])
 
+    def _neighbour_shares(self, neighbors, counts) -> tuple[torch.Tensor, torch.Tensor]:
+        """A co-occurrence graph's first ``prior_neighbors`` neighbours per item and their shares of its
+        kept counts: (neighbors [V+1, K] int64, shares [V+1, K] float32)."""
+        k = self.config.prior_neighbors
+        counts = torch.as_tensor(counts, dtype=torch.float32)[:, :k]
+        return torch.as_tensor(neighbors)[:, :k], counts / counts.sum(1, keepdim=True).clamp(min=1e-9)
+
     def set_prior_graph(self, neighbors, weights) -> None:
         """Load a co-occurrence :class:`model.graphs.GlobalGraph` (counts) as neighbour shares per item."""
-        weights = torch.as_tensor(weights, dtype=torch.float32)[:, : self.config.prior_neighbors]
-        self.prior_neighbors.copy_(torch.as_tensor(neighbors)[:, : self.config.prior_neighbors])
-        self.prior_shares.copy_(weights / weights.sum(1, keepdim=True).clamp(min=1e-9))
+        neighbors, shares = self._neighbour_shares(neighbors, weights)
+        self.prior_neighbors.copy_(neighbors)
+        self.prior_shares.copy_(shares)
 
     def set_training_prior_graphs(self, graphs: Sequence[tuple]) -> None:
         """Co-occurrence graphs ``[(neighbors, counts), ...]`` of disjoint parts of the training sessions,
@@ -309,12 +316,10 @@ class IGRec(nn.Module):
         would point the prior straight at its target (a leak the network learns to trust, and test sessions
         do not have); so in training each case reads a graph that does not hold its session (the
         ``prior_graph`` argument of :meth:`log_likelihood`). Evaluation and serving read the full graph."""
-        k = self.config.prior_neighbors
-        neighbors = torch.stack([torch.as_tensor(n)[:, :k] for n, _ in graphs])
-        counts = torch.stack([torch.as_tensor(w, dtype=torch.float32)[:, :k] for _, w in graphs])
-        self.register_buffer("prior_fold_neighbors", neighbors.to(self.prior_neighbors.device), persistent=False)
-        self.register_buffer("prior_fold_shares", (counts / counts.sum(-1, keepdim=True).clamp(min=1e-9)).to(
-            self.prior_shares.device), persistent=False)
+        neighbors, shares = zip(*(self._neighbour_shares(n, w) for n, w in graphs), strict=True)
+        device = self.prior_neighbors.device
+        self.register_buffer("prior_fold_neighbors", torch.stack(neighbors).to(device), persistent=False)
+        self.register_buffer("prior_fold_shares", torch.stack(shares).to(device), persistent=False)
 
     def _prior(self, items, alias, mask, graph: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(item ids [B, M], bias [B, M]) of the co-occurrence prior, or None without ``use_prior``;
@@ -430,17 +435,25 @@ class IGRec(nn.Module):
         repeat = torch.logsumexp(node_logp.masked_fill(~in_session, NEG), -1, keepdim=True)
         return _logaddexp(explore + F.logsigmoid(-gate), repeat + F.logsigmoid(gate)).squeeze(1)
 
-    def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
-        session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = torch.log_softmax(self.logits(session, self._prior(items, alias, mask)), -1)
-        if not self.config.use_repeat:
-            return explore
+    def _explore(self, session: torch.Tensor, items, alias, mask) -> torch.Tensor:
+        """Explore log-probabilities [B, n_items + 1]: log-softmax of the logits (with the prior, if any)."""
+        return torch.log_softmax(self.logits(session, self._prior(items, alias, mask)), -1)
+
+    def _repeat_mixture(self, explore, node_h, items, alias, mask, session, last_emb):
+        """(log p(explore) [B, 1], mixed log-probabilities of the session's own items [B, N], padding NEG):
+        a session item's probability is p(explore) * p_explore(item) + p(repeat) * p_repeat(item)."""
         node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
         log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
         mixed = _logaddexp(torch.gather(explore, 1, items) + log_explore, node_logp + log_repeat)
-        out = explore + log_explore
-        return out.scatter_(1, items, mixed.masked_fill(items == 0, NEG))
+        return log_explore, mixed.masked_fill(items == 0, NEG)
 
+    def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
+        session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
+        explore = self._explore(session, items, alias, mask)
+        if not self.config.use_repeat:
+            return explore
+        log_explore, mixed = self._repeat_mixture(explore, node_h, items, alias, mask, session, last_emb)
+        return (explore + log_explore).scatter_(1, items, mixed)
 
     def top_k(self, k: int, items, alias, adj, mask, hist_items=None, hist_adj=None):
         """(item ids int64 [B, k], log-probabilities [B, k]) = ``torch.topk(forward(...), k)`` up to the
@@ -455,14 +468,11 @@ class IGRec(nn.Module):
         5x slower.)
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = torch.log_softmax(self.logits(session, self._prior(items, alias, mask)), -1)
+        explore = self._explore(session, items, alias, mask)
         top_explore, top_items = torch.topk(explore, k, dim=-1)
         if not self.config.use_repeat:
             return top_items, top_explore
-        node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
-        log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
-        mixed = _logaddexp(torch.gather(explore, 1, items) + log_explore, node_logp + log_repeat)
-        mixed = mixed.masked_fill(items == 0, NEG)
+        log_explore, mixed = self._repeat_mixture(explore, node_h, items, alias, mask, session, last_emb)
         in_session = (top_items[:, :, None] == items[:, None, :]).any(-1)
         candidates = (top_explore + log_explore).masked_fill(in_session, NEG)
         scores, where = torch.topk(torch.cat([candidates, mixed], 1), k, dim=-1)
