@@ -113,7 +113,7 @@ def checkpoint_metrics(checkpoint: Path, state: dict, results: dict) -> dict:
     if checkpoint.name == "best.pt" and results.get("test"):
         return {"test": results["test"], "source": str(checkpoint.parent / "results.json")}
     history = state.get("history") or []
-    if history and "val" in history[-1]:
+    if history and history[-1].get("val"):
         return {"validation": history[-1]["val"], "epoch": history[-1].get("epoch"), "source": "checkpoint history"}
     return {}
 

@@ -64,11 +64,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         metrics = evaluate_baseline(args.baseline, split, k=args.sknn_k, sample=args.sknn_sample)
         name = args.baseline
     else:
-        import torch
+        from model.cpu import configure_torch
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        torch.set_flush_denormal(True)
+        configure_torch(args.threads)
         net, train_cfg = load_checkpoint(args.checkpoint, args.device)
         metrics = evaluate_network(net, split.test, args.batch_size, args.device, args.bf16,
                                    train_cfg.get("max_len", 50), train_cfg.get("binary_adj", False))

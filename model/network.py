@@ -345,12 +345,22 @@ class IGRec(nn.Module):
             hidden = self.cell(adj, hidden)
         return hidden
 
-    def _global_context(self, items: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _global_context(self, items: torch.Tensor, emb: torch.Tensor, nbr_emb: torch.Tensor) -> torch.Tensor:
+        """items [B,N], node embeddings emb [B,N,D], their global neighbours' embeddings nbr_emb [B,N,K,D]."""
         node_mask = (items > 0).to(emb.dtype)
         mean = (emb * node_mask[..., None]).sum(1) / node_mask.sum(1, keepdim=True).clamp(min=1)
-        nbrs = self.global_neighbors[items]
         weights = self.global_weights[items].to(emb.dtype)
-        return self.dropout(self.global_agg(emb, self.item_encoder(nbrs), weights, mean))
+        return self.dropout(self.global_agg(emb, nbr_emb, weights, mean))
+
+    def _embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(node embeddings [B, N, D], global neighbours' embeddings [B, N, K, D] or None) from one call of
+        the item encoder: each call's backward zero-fills and adds a dense [V, D] gradient."""
+        if not self.config.use_global:
+            return self.item_encoder(items), None
+        b, n = items.shape
+        nbrs = self.global_neighbors[items]
+        rows = self.item_encoder(torch.cat([items, nbrs.reshape(b, -1)], 1))
+        return rows[:, :n], rows[:, n:].reshape(b, n, nbrs.shape[-1], -1)
 
     def _fuse_interests(self, reps: torch.Tensor, last_emb: torch.Tensor) -> torch.Tensor:
         """reps [B, k, D] -> [B, D], attention over interests with the last click as query."""
@@ -371,14 +381,15 @@ class IGRec(nn.Module):
         """Session representation [B, D] and the final node states [B, N, D] (shared by the heads)."""
         cfg = self.config
         b, n = items.shape
-        emb = self.dropout(self.item_encoder(items))
+        raw, nbr_emb = self._embed(items)
+        emb = self.dropout(raw)
         k = cfg.interests
         y = self._interest_weights(emb)
         x = (y.transpose(1, 2)[..., None] * emb[:, None, :, :]).reshape(b * k, n, -1)
         adj_k = adj[:, None].expand(b, k, n, 2 * n).reshape(b * k, n, 2 * n)
         h = self._propagate(adj_k.to(x.dtype), x).reshape(b, k, n, -1)
         if cfg.use_global:
-            h = h + y.transpose(1, 2)[..., None] * self._global_context(items, emb)[:, None]
+            h = h + y.transpose(1, 2)[..., None] * self._global_context(items, emb, nbr_emb)[:, None]
         length = mask.sum(1)
         last_index = (length - 1).clamp(min=0).long()
         steps = torch.arange(alias.shape[1], device=alias.device)
@@ -388,8 +399,8 @@ class IGRec(nn.Module):
                            alias.repeat_interleave(k, 0)[..., None].expand(-1, -1, dim))
         reps = self.readout(seq, mask.repeat_interleave(k, 0).to(seq.dtype), last_index.repeat_interleave(k, 0),
                             rev_pos.repeat_interleave(k, 0)).reshape(b, k, dim)
-        last_item = torch.gather(items, 1, torch.gather(alias, 1, last_index[:, None]))
-        last_emb = self.item_encoder(last_item).squeeze(1)
+        last_node = torch.gather(alias, 1, last_index[:, None])
+        last_emb = torch.gather(raw, 1, last_node[..., None].expand(-1, 1, dim)).squeeze(1)
         session = self._fuse_interests(reps, last_emb)
         if cfg.use_history and hist_items is not None:
             session = self._history(session, hist_items, hist_adj)
@@ -512,43 +523,55 @@ class GRU4Rec(nn.Module):
         return torch.log_softmax(self.logits(items, alias, mask), -1)
 
 
-class _TargetLogSoftmax(torch.autograd.Function):
-    """``log_softmax(logits)[b, target[b]]`` with a hand-written backward that reuses one [B, V] buffer.
+class _TargetLogLikelihood(torch.autograd.Function):
+    """``log_softmax(query @ items.T + prior)[b, target[b]]`` with a hand-written backward: the training
+    loss head, and the bulk of a CPU step.
 
-    The gradient ``g * (onehot(target) - softmax(logits))`` costs one fused softmax and one in-place
-    multiply, instead of autograd's chain of sub/exp/mul/fill/scatter over [B, V] temporaries.
+    The [B, V] logits are touched as few times as memory bandwidth asks: one fused log-softmax forward
+    (kept, in the compute dtype), and backward one ``exp`` and one in-place scale give the gradient
+    ``g * (onehot(target) - softmax)``, which feeds the two matmuls. Autograd's version (logsumexp as
+    max/sub/exp/sum, a second softmax in backward, a cast of the item table per matmul) read and wrote
+    the [B, V] tensor about twice as often.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        lse = torch.logsumexp(logits, -1)
-        ctx.save_for_backward(logits, target)
-        return logits.gather(1, target[:, None]).squeeze(1) - lse
+    def forward(ctx, query: torch.Tensor, items: torch.Tensor, target: torch.Tensor, ids: torch.Tensor | None,
+                bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        q, table = query.to(dtype), items.to(dtype)
+        logits = torch.matmul(q, table.t())
+        if ids is not None:
+            logits.scatter_add_(1, ids, bias.to(dtype))
+        logp = torch.log_softmax(logits, -1)
+        ctx.save_for_backward(q, table, target, ids, logp)
+        ctx.dtypes = (query.dtype, items.dtype, None if bias is None else bias.dtype)
+        return logp.gather(1, target[:, None]).squeeze(1).to(torch.promote_types(dtype, torch.float32))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        logits, target = ctx.saved_tensors
-        out = torch.softmax(logits, -1)
-        out.mul_(-grad[:, None])
-        out[torch.arange(out.shape[0], device=out.device), target] += grad
-        return out, None
-
-
-def target_log_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """log p(target) [B] under softmax(logits [B, V]) (float32 logits expected)."""
-    return _TargetLogSoftmax.apply(logits, target)
+        q, table, target, ids, logp = ctx.saved_tensors
+        query_dtype, items_dtype, bias_dtype = ctx.dtypes
+        d_logits = torch.exp(logp).mul_(-grad[:, None].to(logp.dtype))
+        d_logits[torch.arange(len(target), device=target.device), target] += grad.to(logp.dtype)
+        d_query = torch.matmul(d_logits, table).to(query_dtype)
+        d_items = torch.matmul(d_logits.t(), q).to(items_dtype)
+        d_bias = None if ids is None else d_logits.gather(1, ids).to(bias_dtype)
+        return d_query, d_items, None, None, d_bias, None
 
 
 def target_log_likelihood(query: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
                           prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """log p(target) [B] under softmax over ``query [B, D] . items [V, D]^T`` (+ the sparse ``prior``
+    """log p(target) [B] (float32) under softmax over ``query [B, D] . items [V, D]^T`` (+ the sparse ``prior``
     (ids [B, M] in 0..V, bias [B, M]; id 0 = padding, whose bias must be 0)), where ``items`` are the real
-    items 1..V (no padding row, so the [B, V] logits need no masking pass) and ``target`` in 1..V."""
-    logits = torch.matmul(query, items.t())
-    if prior is not None:
-        ids, bias = prior
-        logits = logits.scatter_add_(1, (ids - 1).clamp(min=0), bias.to(logits.dtype))
-    return target_log_softmax(logits, target - 1)
+    items 1..V (no padding row, so the [B, V] logits need no masking pass) and ``target`` in 1..V.
+
+    Computed in the autocast dtype when autocast is on (bf16 halves the memory traffic of the [B, V]
+    passes), else in the inputs' dtype."""
+    device = query.device.type
+    dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+             else torch.promote_types(query.dtype, items.dtype))
+    ids, bias = (None, None) if prior is None else ((prior[0] - 1).clamp(min=0), prior[1])
+    with torch.autocast(device, enabled=False):
+        return _TargetLogLikelihood.apply(query, items, target - 1, ids, bias, dtype)
 
 
 class _RowNormalize(torch.autograd.Function):

@@ -35,6 +35,8 @@ def search(args: argparse.Namespace) -> list[dict]:
 
     grid = json.loads(Path(args.grid).read_text()) if args.grid else DEFAULT_GRID
     base = config_from_args(args)
+    if base.val_fraction <= 0:
+        raise SystemExit("igrec search ranks the points by validation HR@20: --val-fraction must be above 0")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     rows = []
     for i, point in enumerate(grid_points(grid)):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.cpu import configure_torch
 from model.data import Cases, SessionSplit, case_sessions, load_raw, read_split, sessions_to_cases, split_validation
 from model.graphs import build_global_graph, build_session_graphs
 
@@ -29,9 +30,9 @@ class TrainConfig:
     raw_format: str | None = None
     arch: str = "igrec"
     epochs: int = 4
-    batch_size: int = 128
+    batch_size: int = 512
     eval_batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 4e-3
     lr_embedding: float | None = None
     weight_decay: float = 1e-5
     warmup: float = 0.05
@@ -153,9 +154,7 @@ def train(cfg: TrainConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)
+    configure_torch(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
 
@@ -164,8 +163,8 @@ def train(cfg: TrainConfig) -> dict:
     fit = sessions_to_cases(fit_sessions)
     if cfg.max_train_cases and len(fit) > cfg.max_train_cases:
         fit = fit.subset(np.random.default_rng(cfg.seed).permutation(len(fit))[: cfg.max_train_cases])
-    val = sessions_to_cases(val_sessions) if val_sessions else split.test
-    if len(val) > cfg.val_max_cases:
+    val = sessions_to_cases(val_sessions) if val_sessions else None
+    if val is not None and len(val) > cfg.val_max_cases:
         val = val.subset(np.random.default_rng(cfg.seed + 1).permutation(len(val))[: cfg.val_max_cases])
 
     mcfg = make_model_config(cfg, split.n_items)
@@ -195,9 +194,11 @@ def train(cfg: TrainConfig) -> dict:
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         torch.set_rng_state(state["torch_rng"])
 
-    print(f"{split.name}: {len(split.train)} train sessions ({len(fit)} fit cases, {len(val)} validation "
-          f"cases), {len(split.test)} test cases, {split.n_items} items; "
-          f"{sum(p.numel() for p in net.parameters()):,} parameters")
+    print(f"{split.name}: {len(split.train)} train sessions ({len(fit)} fit cases, "
+          f"{len(val) if val is not None else 'no'} validation cases), {len(split.test)} test cases, "
+          f"{split.n_items} items; {sum(p.numel() for p in net.parameters()):,} parameters")
+    if val is None:
+        print(f"no validation slice: all {cfg.epochs} epochs run and the last one is tested")
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         net.train()
@@ -220,17 +221,16 @@ def train(cfg: TrainConfig) -> dict:
             seen += len(index)
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         train_time = time.perf_counter() - t0
-        val_metrics = evaluate_network(net, val, cfg.eval_batch_size, device, cfg.bf16, cfg.max_len,
-                                       cfg.binary_adj)
+        val_metrics = None if val is None else evaluate_network(net, val, cfg.eval_batch_size, device, cfg.bf16,
+                                                                cfg.max_len, cfg.binary_adj)
         row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "train_seconds": train_time,
                "val": val_metrics}
         if cfg.test_each_epoch:
             row["test"] = evaluate_network(net, split.test, cfg.eval_batch_size, device, cfg.bf16,
                                            cfg.max_len, cfg.binary_adj)
         history.append(row)
-        improved = val_metrics["HR@20"] > best["HR@20"]
-        if improved:
-            best = {"epoch": epoch + 1, "HR@20": val_metrics["HR@20"]}
+        if val_metrics is None or val_metrics["HR@20"] > best["HR@20"]:
+            best = {"epoch": epoch + 1, "HR@20": val_metrics["HR@20"] if val_metrics else -1.0}
             torch.save({"model": net.state_dict(), "config": mcfg.to_dict(), "train": asdict(cfg), **extra},
                        out / "best.pt")
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -238,8 +238,8 @@ def train(cfg: TrainConfig) -> dict:
                     "epoch": epoch, "torch_rng": torch.get_rng_state(), **extra}, ckpt_path)
         test_txt = (f" test HR@20 {row['test']['HR@20']:.2f} MRR@20 {row['test']['MRR@20']:.2f}"
                     if "test" in row else "")
-        print(f"epoch {epoch + 1}: loss {row['loss']:.4f} ({train_time:.0f}s) val HR@20 "
-              f"{val_metrics['HR@20']:.2f} MRR@20 {val_metrics['MRR@20']:.2f}{test_txt}", flush=True)
+        val_txt = f" val HR@20 {val_metrics['HR@20']:.2f} MRR@20 {val_metrics['MRR@20']:.2f}" if val_metrics else ""
+        print(f"epoch {epoch + 1}: loss {row['loss']:.4f} ({train_time:.0f}s){val_txt}{test_txt}", flush=True)
         if epoch + 1 - best["epoch"] >= cfg.patience:
             print(f"early stop: no validation gain for {cfg.patience} epochs")
             break
@@ -253,7 +253,8 @@ def train(cfg: TrainConfig) -> dict:
                "mean_epoch_seconds": float(np.mean([h["train_seconds"] for h in history]))}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_curves(history, out / "curves.png")
-    print(f"test (best validation epoch {best['epoch']}): " +
+    chosen = "best validation epoch" if val is not None else "last epoch"
+    print(f"test ({chosen} {best['epoch']}): " +
           " ".join(f"{k} {v:.2f}" for k, v in test.items() if k != "cases"))
     return results
 
@@ -269,7 +270,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, [h["loss"] for h in history], marker="o")
     ax1.set(xlabel="epoch", ylabel="train loss", title="loss")
-    ax2.plot(epochs, [h["val"]["HR@20"] for h in history], marker="o", label="validation")
+    if history and history[0]["val"]:
+        ax2.plot(epochs, [h["val"]["HR@20"] for h in history], marker="o", label="validation")
     if history and "test" in history[0]:
         ax2.plot(epochs, [h["test"]["HR@20"] for h in history], marker="s", label="test")
     ax2.set(xlabel="epoch", ylabel="HR@20 (%)", title="HR@20")
@@ -297,7 +299,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         ("lr-embedding", float, "peak learning rate of the item encoder (default: --lr)"),
         ("weight-decay", float, "AdamW weight decay"),
         ("warmup", float, "share of all steps spent warming the learning rate up"),
-        ("val-fraction", float, "newest share of training sessions held out for validation / early stopping"),
+        ("val-fraction", float, "newest share of training sessions held out for validation / early stopping; "
+         "0 = train on all of them for exactly --epochs and test the last epoch (a refit once the epoch "
+         "count is chosen)"),
         ("val-max-cases", int, "at most this many validation cases (a seeded sample)"),
         ("max-train-cases", int, "train on a seeded sample of this many cases (default: all)"),
         ("patience", int, "epochs without a better validation HR@20 before stopping"),

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from model.graphs import build_global_graph, build_history_graphs, build_session_graphs  # noqa: E402
-from model.network import ModelConfig, build_network, row_normalize, target_log_softmax  # noqa: E402
+from model.network import ModelConfig, build_network, row_normalize, target_log_likelihood  # noqa: E402
 
 SESSIONS = [[1, 2, 3, 2], [5, 6], [7, 7, 7, 8, 9]]
 TARGETS = torch.tensor([2, 10, 7])
@@ -49,10 +49,20 @@ def test_forward_is_a_distribution_over_items_and_matches_the_training_loss(name
     np.testing.assert_allclose(ll.numpy(), logp.gather(1, TARGETS[:, None]).squeeze(1).numpy(), rtol=1e-5)
 
 
-def test_target_log_softmax_gradient():
-    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor([1, 2, 3, 6])
-    assert torch.autograd.gradcheck(lambda v: target_log_softmax(v, t), (x,))
+def test_target_log_likelihood_values_and_gradient():
+    """The fused loss head equals log_softmax(query @ items.T + scattered prior)[target], and its
+    hand-written backward passes gradcheck for the query, the item table and the prior bias."""
+    query = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 2, 3, 7])
+    ids = torch.tensor([[1, 3, 3, 0], [2, 5, 0, 0], [7, 1, 6, 2], [0, 0, 0, 0]])
+    bias = (torch.rand(4, 4, dtype=torch.float64) * (ids > 0)).requires_grad_()
+    logits = (query @ items.t()).scatter_add(1, (ids - 1).clamp(min=0), bias)
+    expected = torch.log_softmax(logits, -1).gather(1, (target - 1)[:, None]).squeeze(1)
+    torch.testing.assert_close(target_log_likelihood(query, items, target, (ids, bias)), expected)
+    assert torch.autograd.gradcheck(lambda q, v, b: target_log_likelihood(q, v, target, (ids, b)),
+                                    (query, items, bias))
+    assert torch.autograd.gradcheck(lambda q, v: target_log_likelihood(q, v, target), (query, items))
 
 
 def test_row_normalize_matches_f_normalize_values_and_gradient():
@@ -176,14 +186,18 @@ def test_onnx_export_opset18_matches_torch(tmp_path, prior):
     np.testing.assert_allclose(out[:, 1:], ref[:, 1:], atol=1e-4)
 
 
+def _toy_split(folder) -> None:
+    """Learnable toy data: item i is followed by i + 1 (mod 20)."""
+    rng = np.random.default_rng(0)
+    sessions = [[(s + k) % 20 + 1 for k in range(rng.integers(2, 6))] for s in rng.integers(0, 20, 300)]
+    (folder / "train_sessions.txt").write_text("\n".join(" ".join(map(str, s)) for s in sessions) + "\n")
+    (folder / "test.tsv").write_text("".join(f"{i}\t{i % 20 + 1}\n" for i in range(1, 21)))
+
+
 def test_cli_train_evaluate_resume(tmp_path, capsys):
     from model.cli import main
 
-    rng = np.random.default_rng(0)
-    # Learnable toy data: item i is followed by i + 1 (mod 20).
-    sessions = [[(s + k) % 20 + 1 for k in range(rng.integers(2, 6))] for s in rng.integers(0, 20, 300)]
-    (tmp_path / "train_sessions.txt").write_text("\n".join(" ".join(map(str, s)) for s in sessions) + "\n")
-    (tmp_path / "test.tsv").write_text("".join(f"{i}\t{i % 20 + 1}\n" for i in range(1, 21)))
+    _toy_split(tmp_path)
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path), "--out", str(out), "--batch-size", "32", "--lr", "1e-2",
             "--set", "dim=16", "--no-test-each-epoch", "--patience", "5"]
@@ -197,3 +211,21 @@ def test_cli_train_evaluate_resume(tmp_path, capsys):
     main(["evaluate", "--data", str(tmp_path), "--checkpoint", str(out / "best.pt")])
     main(["evaluate", "--data", str(tmp_path), "--baseline", "pop"])
     assert "HR@20" in capsys.readouterr().out
+
+
+def test_cli_train_without_validation_runs_every_epoch_and_tests_the_last(tmp_path, capsys):
+    """--val-fraction 0 is a refit on all training sessions: no validation (the test split is never
+    used to choose an epoch), all epochs run, the last one is tested."""
+    from model.cli import main
+
+    _toy_split(tmp_path)
+    out = tmp_path / "refit"
+    main(["train", "--data", str(tmp_path), "--out", str(out), "--batch-size", "32", "--lr", "1e-2",
+          "--set", "dim=16", "--no-test-each-epoch", "--patience", "1", "--epochs", "3", "--val-fraction", "0"])
+    res = json.loads((out / "results.json").read_text())
+    assert [h["val"] for h in res["history"]] == [None, None, None]
+    assert res["best_epoch"] == 3
+    assert res["test"]["HR@10"] > 80.0
+    assert "no validation slice" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="val-fraction"):
+        main(["search", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--val-fraction", "0"])
