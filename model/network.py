@@ -58,7 +58,7 @@ class ModelConfig:
     interests: int = 3
     tau: float = 0.5
     steps: int = 1
-    dropout: float = 0.1
+    dropout: float = 0.2
     use_global: bool = True
     global_neighbors: int = 12
     use_history: bool = True

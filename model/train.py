@@ -29,7 +29,7 @@ class TrainConfig:
     out: str = "runs/igrec"
     raw_format: str | None = None
     arch: str = "igrec"
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 512
     eval_batch_size: int = 512
     lr: float = 4e-3
