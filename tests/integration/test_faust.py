@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.settings import Settings
+from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 APP = Path(__file__).with_name("faust_echo_app.py")
@@ -31,6 +32,9 @@ def _env(settings: Settings, topic: str, tmp_path: Path) -> dict[str, str]:
 
 async def test_faust_agent_transforms_a_topic_into_another(settings: Settings, topic_name: str, tmp_path) -> None:
     env = _env(settings, topic_name, tmp_path)
+    # The input topic exists before the worker subscribes: a worker that finds it missing gets an empty
+    # assignment and only sees it at its next metadata refresh (minutes), after this test's deadline.
+    await ensure_topics(settings, [env["ECHO_IN"], env["ECHO_OUT"]])
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, str(APP), "worker", "--loglevel", "info"], env=env, stdout=log, stderr=subprocess.STDOUT
