@@ -80,17 +80,18 @@ def main() -> None:
     from model.network import build_network
 
     configure_torch(args.threads)
-    split = read_split(args.data)
-    fit_sessions, _ = split_validation(split.train, TrainConfig(data="").val_fraction)
-    fit = sessions_to_cases(fit_sessions)
     cfg = TrainConfig(data=args.data, model=parse_model_options(args.set))
+    split = read_split(args.data)
+    fit_sessions, _ = split_validation(split.train, cfg.val_fraction)
+    fit = sessions_to_cases(fit_sessions)
+    mcfg = make_model_config(cfg, split.n_items)
+    graph = build_global_graph(fit_sessions, split.n_items, mcfg.global_neighbors) if mcfg.use_global else None
     rows = []
     for batch_size in args.batch_sizes:
         torch.manual_seed(0)
-        mcfg = make_model_config(cfg, split.n_items)
         net = build_network(mcfg)
-        graph = build_global_graph(fit_sessions, split.n_items, mcfg.global_neighbors)
-        net.set_global_graph(graph.neighbors, graph.weights)
+        if graph is not None:
+            net.set_global_graph(graph.neighbors, graph.weights)
         prior = set_prior_graphs(net, mcfg, fit_sessions, fit, split.n_items) if mcfg.use_prior else None
         rows.append((batch_size, time_steps(net, fit, batch_size, args.steps, args.lr, prior)))
 
