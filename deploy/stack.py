@@ -415,6 +415,19 @@ def down(
                 _stop(service, timeout, log)
 
 
+def reset(settings: Settings, log: Callable[[str], None] = print, only: str | None = None) -> None:
+    """Delete the stored data of the stopped services (or just ``only``): Kafka's topics and offsets, Neo4j's
+    graph. Refused while a service runs. Each starts empty next time; Neo4j keeps its password file."""
+    chosen = [service for service in services(settings) if only in (None, service.name)]
+    with _stack_lock(settings):
+        running = [service.name for service in chosen if read_pid(service) is not None]
+        if running:
+            raise StackError(f"{' and '.join(running)} running; stop the stack (`igrec stack down`) before a reset")
+        for service in chosen:
+            shutil.rmtree(service.home / "data", ignore_errors=True)
+            log(f"{service.name}: data deleted ({service.home / 'data'})")
+
+
 def _stop(service: Service, timeout: float, log: Callable[[str], None]) -> None:
     pid = read_pid(service)
     if pid is None:

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resolve Kafka and Neo4j from Maven Central, start them on 127.0.0.1 with all data under "
         "the state folder (IGREC_STATE_DIR), wait until healthy, report, stop.",
     )
-    stack.add_argument("action", choices=["up", "down", "status", "fetch"], help="what to do")
+    stack.add_argument("action", choices=["up", "down", "status", "fetch", "reset"],
+                       help="what to do (reset: delete the stopped stack's Kafka topics and Neo4j graph)")
     stack.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health (up) or stop")
     stack.set_defaults(func=_stack)
 
@@ -204,6 +205,8 @@ def _stack(args: argparse.Namespace) -> int:
         )
     elif args.action == "down":
         stack.down(settings, timeout=args.timeout)
+    elif args.action == "reset":
+        stack.reset(settings)
     else:
         report = stack.status(settings)
         print(json.dumps(report, indent=2))

@@ -1,7 +1,8 @@
 """Integration fixtures: the real local Kafka + Neo4j, started once per test session.
 
 The test stack has its own state folder and ports (``IGREC_TEST_*`` to change them), so it never touches a
-demo stack running beside it. A stack that was already up is reused and left running; one started here is
+demo stack running beside it. A stack that was already up is reused and left running; one started here
+starts from an empty Kafka (topics of earlier runs would pile up and slow the broker's start) and is
 stopped at the end.
 """
 
@@ -33,6 +34,8 @@ def settings() -> Iterator[Settings]:
     """Settings of a running, healthy local stack."""
     test_settings = _test_settings()
     was_running = all(entry["healthy"] for entry in stack.status(test_settings).values())
+    if not any(entry["pid"] for entry in stack.status(test_settings).values()):
+        stack.reset(test_settings, only="kafka")
     stack.up(test_settings, timeout=240)
     yield test_settings
     if not was_running and not os.environ.get("IGREC_TEST_KEEP_STACK"):

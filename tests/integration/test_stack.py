@@ -119,3 +119,22 @@ def test_restart_keeps_data_and_password(settings: Settings) -> None:
             "MATCH (n:Item {id: $id}) RETURN count(n) AS n", id=marker, database_=settings.neo4j_database
         )
     assert records[0]["n"] == 1
+
+
+def test_reset_is_refused_while_running_and_empties_a_stopped_server(settings: Settings) -> None:
+    from neo4j import GraphDatabase
+
+    refused = _igrec(["stack", "reset"], _env_for(settings))
+    assert refused.returncode != 0 and "running" in refused.stdout + refused.stderr
+
+    marker = f"reset-{os.getpid()}-{id(settings)}"
+    with GraphDatabase.driver(settings.neo4j_url, auth=settings.neo4j_auth()) as driver:
+        driver.execute_query("MERGE (:Item {id: $id})", id=marker, database_=settings.neo4j_database)
+    stack.down(settings, only="neo4j")
+    stack.reset(settings, only="neo4j")
+    stack.up(settings)
+    with GraphDatabase.driver(settings.neo4j_url, auth=settings.neo4j_auth()) as driver:
+        records, _, _ = driver.execute_query(
+            "MATCH (n:Item {id: $id}) RETURN count(n) AS n", id=marker, database_=settings.neo4j_database
+        )
+    assert records[0]["n"] == 0, "the password survives a reset (the driver logged in); the graph does not"
