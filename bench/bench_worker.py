@@ -8,7 +8,9 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
   4. fan-out: the Kafka messages the worker wrote per event (all its topics: outputs, internal topics,
      changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
      produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
-     alone on this machine.
+     alone on this machine;
+  5. the worker's CPU time per event in phase 2, from /proc: its scoring thread and the rest of the process
+     (steadier than events/s when other work shares the cores).
 Events are real Diginetica test sessions replayed click by click, one user per session. Prints a table.
 """
 
@@ -173,6 +175,30 @@ def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subproces
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) per OS thread name of process ``pid`` (Linux /proc). The worker's scoring
+    thread is ``igrec-scorer``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time,
+    unlike wall time, is not inflated when other processes share the cores."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
+
+
+def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    """Microseconds of CPU per event: the scoring thread, and the rest of the worker process."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    scorer = sum(v for name, v in used.items() if name.startswith("igrec-scorer"))
+    return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
+
+
 def row(name: str, rate: float, latencies: np.ndarray) -> str:
     p50, p99 = np.percentile(latencies, [50, 99])
     return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
@@ -202,11 +228,13 @@ def main() -> None:
         try:
             warm = events[-200:]
             asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
+            before = thread_cpu(worker.pid)
             flat_out = asyncio.run(
                 run_phase(
                     settings, settings.topic_events, settings.topic_recommendations, events[: args.events], None, 600
                 )
             )
+            cpu = cpu_per_event(before, thread_cpu(worker.pid), args.events)
             paced = events[args.events : args.events + args.latency_events]
             at_rate = asyncio.run(
                 run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600)
@@ -228,6 +256,8 @@ def main() -> None:
     print(row(f"aiokafka relay, {fanout} messages per event (I/O ceiling)", *relayed))
     print(f"\nthe worker wrote {written:,} Kafka messages for {worker_events:,} events: {written / worker_events:.2f} "
           "per event (outputs, internal topics and changelogs)")
+    print(f"\nworker CPU per event, flat-out phase: scoring thread {cpu['scorer']:.0f} us, the rest (event loop, "
+          f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}")
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from pathlib import Path
+
 import numpy as np
 import orjson
+import pytest
 
 from streams.records import Event
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import event_triples, score_batch
+from streams.worker import _name_os_thread, event_triples, score_batch
 
 
 class FakeScorer:
@@ -76,3 +81,17 @@ def test_default_partition_matches_the_java_client() -> None:
     assert default_partition(b"user-1", 4) == 0
     assert default_partition(b"foobar", 100) == 66
     assert default_partition(b"a-little-bit-long-string", 7) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are read from /proc")
+def test_the_scoring_thread_has_an_os_name_the_bench_can_find() -> None:
+    names: list[str] = []
+
+    def run() -> None:
+        _name_os_thread("igrec-scorer")
+        names.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert names == ["igrec-scorer"]
