@@ -275,7 +275,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     if history and "test" in history[0]:
         ax2.plot(epochs, [h["test"]["HR@20"] for h in history], marker="s", label="test")
     ax2.set(xlabel="epoch", ylabel="HR@20 (%)", title="HR@20")
-    ax2.legend()
+    if ax2.lines:
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "no per-epoch evaluation\n(a refit, tested after the last epoch)",
+                 ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
