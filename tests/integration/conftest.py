@@ -33,8 +33,9 @@ def _test_settings() -> Settings:
 def settings() -> Iterator[Settings]:
     """Settings of a running, healthy local stack."""
     test_settings = _test_settings()
-    was_running = all(entry["healthy"] for entry in stack.status(test_settings).values())
-    if not any(entry["pid"] for entry in stack.status(test_settings).values()):
+    report = stack.status(test_settings)
+    was_running = all(entry["healthy"] for entry in report.values())
+    if not any(entry["pid"] for entry in report.values()):
         stack.reset(test_settings, only="kafka")
     stack.up(test_settings, timeout=240)
     yield test_settings
