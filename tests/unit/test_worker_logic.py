@@ -1,4 +1,5 @@
-"""The worker's pure pieces: batch scoring around unknown items, the triples of an event, partitioning."""
+"""The worker's pure pieces: batch scoring around unknown items, the triples of an event, partitioning, the
+scoring thread's OS name."""
 
 from __future__ import annotations
 
