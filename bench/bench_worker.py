@@ -36,6 +36,7 @@ from model.data import read_test_tsv
 from streams.replay import cases_to_sessions, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
+from streams.worker import SCORER_THREAD
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 
@@ -177,7 +178,7 @@ def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subproces
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) per OS thread name of process ``pid`` (Linux /proc). The worker's scoring
-    thread is ``igrec-scorer``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time,
+    thread is ``SCORER_THREAD``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time,
     unlike wall time, is not inflated when other processes share the cores."""
     tick = os.sysconf("SC_CLK_TCK")
     cpu: dict[str, float] = {}
@@ -195,7 +196,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
     """Microseconds of CPU per event: the scoring thread, and the rest of the worker process."""
     used = {name: after[name] - before.get(name, 0.0) for name in after}
-    scorer = sum(v for name, v in used.items() if name.startswith("igrec-scorer"))
+    scorer = sum(v for name, v in used.items() if name.startswith(SCORER_THREAD))
     return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
 
 

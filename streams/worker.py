@@ -53,6 +53,8 @@ log = logging.getLogger("igrec.worker")
 _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 64
 STATS_INTERVAL_S = 5.0
+SCORER_THREAD = "igrec-scorer"
+"""OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
 INTEREST_ITEMS_REMEMBERED = 1_000_000
 """Items whose IN_INTEREST facts this process has sent; past this many the set starts again (a re-send is
 harmless: the facts are absolute)."""
@@ -118,8 +120,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     next_counts = app.Table("next-counts", partitions=partitions, key_type=bytes)
     scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads, spin=False)
     model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igrec-scorer", initializer=_name_os_thread,
-                                  initargs=("igrec-scorer",))
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=SCORER_THREAD, initializer=_name_os_thread,
+                                  initargs=(SCORER_THREAD,))
     interest_items_sent: set[str] = set()
 
     async def dead_letter(message: Any, reason: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from streams.records import Event
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import _name_os_thread, event_triples, score_batch
+from streams.worker import SCORER_THREAD, _name_os_thread, event_triples, score_batch
 
 
 class FakeScorer:
@@ -89,10 +89,10 @@ def test_the_scoring_thread_has_an_os_name_the_bench_can_find() -> None:
     names: list[str] = []
 
     def run() -> None:
-        _name_os_thread("igrec-scorer")
+        _name_os_thread(SCORER_THREAD)
         names.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip())
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join()
-    assert names == ["igrec-scorer"]
+    assert names == [SCORER_THREAD] == ["igrec-scorer"]
