@@ -5,7 +5,9 @@ One faust agent takes up to ``batch_max`` events or whatever arrived within ``ba
 1. validates each message (refused ones go to ``igrec.events.dlq`` with the reason and source offset);
 2. applies it to its user's state in the ``users`` Table (RocksDB, changelog-backed);
 3. scores all the batch's sessions in one onnxruntime call (``export.scorer.Scorer``, off the event loop);
-4. emits a Recommendation and an EnrichedEvent per event, and the knowledge triples the event creates.
+4. emits a Recommendation and an EnrichedEvent per event, and the knowledge triples the event creates,
+   encoded into Kafka record batches (``streams.outbox``) rather than sent one producer call at a time;
+5. sends the batch's item -> item transitions to a second agent, which owns the global NEXT counts.
 
 Delivery is at-least-once with idempotent keys: faust flushes every output and the changelog before it
 commits the batch's offsets, so a crash can only re-deliver. A re-delivered event does not change the
@@ -37,10 +39,11 @@ import faust.streams as faust_streams
 import orjson
 
 from streams import metrics
+from streams.outbox import Outbox, kafka_producer
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
-from streams.topics import ensure_topics
+from streams.topics import default_partition, ensure_topics
 from streams.triples import edge
 from streams.validate import EventError, parse_event
 
@@ -124,7 +127,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                                   initargs=(SCORER_THREAD,))
     interest_items_sent: set[str] = set()
 
-    async def dead_letter(message: Any, reason: str) -> None:
+    def dead_letter(out: Outbox, message: Any, reason: str) -> None:
         metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
         record = DeadLetter(
             schema_version=SCHEMA_VERSION,
@@ -136,7 +139,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             value=message.value.decode(errors="replace") if message.value is not None else None,
             received_at=time.time(),
         )
-        await publish(settings.topic_dlq, message.key, orjson.dumps(record.asdict()))
+        partition = None if message.key else message.partition % out.partition_count(settings.topic_dlq)
+        out.add(settings.topic_dlq, message.key, orjson.dumps(record.asdict()), partition)
 
     def admit(message: Any, now: float) -> Scored:
         """Validate ``message`` and apply it to its user's state; raises EventError / OversizedSession."""
@@ -148,11 +152,14 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         kafka_ts = message.timestamp / 1000.0 if message.timestamp else now
         return Scored(event, step, now, kafka_ts, message.partition, message.offset)
 
-    async def publish(topic: str, key: bytes | None, value: bytes) -> None:
-        """Hand one output to faust's producer (flushed before offsets commit) without Record re-encoding."""
-        await app.producer.send(topic, key, value, None, None, None)
+    async def open_outbox() -> Outbox:
+        """An :class:`streams.outbox.Outbox` on faust's producer for every topic the agents write to."""
+        producer = kafka_producer(app)
+        topics = (settings.topic_recommendations, settings.topic_enriched, settings.topic_triples,
+                  settings.topic_dlq, transitions.get_topic_name())
+        return Outbox(producer, {topic: len(await producer.partitions_for(topic)) for topic in topics})
 
-    async def emit(item: Scored, scoring: Scoring, score_ms: float) -> None:
+    def emit(out: Outbox, item: Scored, scoring: Scoring, score_ms: float) -> None:
         event, step = item.event, item.step
         items = scoring.items
         key = event.user_id.encode()
@@ -175,7 +182,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 "total": 1000.0 * (now - item.kafka_ts),
             },
         )
-        await publish(settings.topic_recommendations, key, orjson.dumps(recommendation.asdict()))
+        out.add(settings.topic_recommendations, key, orjson.dumps(recommendation.asdict()))
         enriched_event = EnrichedEvent(
             schema_version=SCHEMA_VERSION,
             event_id=event.event_id,
@@ -192,7 +199,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             recommendations=items,
             context=event.context,
         )
-        await publish(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
+        out.add(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
         item_interests = None
         if scoring.known_item and scoring.interests is not None and event.item_id not in interest_items_sent:
             if len(interest_items_sent) >= INTEREST_ITEMS_REMEMBERED:
@@ -200,17 +207,13 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             interest_items_sent.add(event.item_id)
             item_interests = [float(w) for w in scorer.interest_weights([scoring.clicked])]
         for fact in event_triples(event, step, scoring, model_version, item_interests):
-            await publish(settings.topic_triples, key, fact)
-        if step.previous_item is not None:
-            transition = {"head": step.previous_item, "tail": event.item_id, "p": item.partition, "o": item.offset}
-            await publish(
-                transitions.get_topic_name(), f"{step.previous_item}>{event.item_id}".encode(), orjson.dumps(transition)
-            )
+            out.add(settings.topic_triples, key, fact)
         metrics.LATENCY.observe(now - item.kafka_ts)
 
     @app.agent(events)
     async def process(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
+        out = await open_outbox()
         async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
             now = time.time()
             admitted: list[Scored] = []
@@ -221,8 +224,10 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 try:
                     admitted.append(admit(message, now))
                 except (EventError, OversizedSession) as error:
-                    await dead_letter(message, str(error))
+                    dead_letter(out, message, str(error))
             metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
+            add_transitions(out, admitted)
+            await out.send()
             if not admitted:
                 continue
             metrics.BATCH.observe(len(admitted))
@@ -235,25 +240,44 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 results = await future
                 score_ms = 1000.0 * (time.perf_counter() - began)
                 for item, scoring in zip(chunk, results, strict=True):
-                    await emit(item, scoring, score_ms)
+                    emit(out, item, scoring, score_ms)
+                await out.send()
             metrics.SCORE_SECONDS.observe(time.perf_counter() - began)
             metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
+
+    def add_transitions(out: Outbox, admitted: list[Scored]) -> None:
+        """The batch's item -> item transitions, one message per partition of the transitions topic (each
+        pair goes to the partition its key hashes to, so its count has one owner). Re-delivered events send
+        theirs again: the first sending may not have reached Kafka, and the count recognises a repeat."""
+        topic = transitions.get_topic_name()
+        partitions = out.partition_count(topic)
+        grouped: dict[int, list[dict]] = {}
+        for item in admitted:
+            step = item.step
+            if step.previous_item is not None:
+                pair = transition_key(step.previous_item, item.event.item_id)
+                grouped.setdefault(default_partition(pair, partitions), []).append(
+                    {"head": step.previous_item, "tail": item.event.item_id, "p": item.partition, "o": item.offset})
+        for partition, bundle in grouped.items():
+            out.add(topic, None, orjson.dumps(bundle), partition)
 
     @app.agent(transitions)
     async def count_transitions(stream: faust.StreamT) -> None:
         """Global NEXT counts, one pair per key, so each count lives on one worker. A transition counts once:
         per source partition the pair keeps the highest source offset it has counted, and a user's events
         (hence their transitions) arrive in offset order, so a re-delivered transition is recognised."""
+        out = await open_outbox()
         async for faust_event in stream.events():
-            transition = orjson.loads(faust_event.value)
-            key = faust_event.key
-            state = next_counts.get(key) or {"count": 0, "hw": {}}
-            source = str(transition["p"])
-            if transition["o"] > state["hw"].get(source, -1):
-                state = {"count": state["count"] + 1, "hw": {**state["hw"], source: transition["o"]}}
-                next_counts[key] = state
-            fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
-            await publish(settings.topic_triples, key, fact.to_json())
+            for transition in transition_bundle(faust_event.value):
+                key = transition_key(transition["head"], transition["tail"])
+                state = next_counts.get(key) or {"count": 0, "hw": {}}
+                source = str(transition["p"])
+                if transition["o"] > state["hw"].get(source, -1):
+                    state = {"count": state["count"] + 1, "hw": {**state["hw"], source: transition["o"]}}
+                    next_counts[key] = state
+                fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
+                out.add(settings.topic_triples, key, fact.to_json())
+            await out.send()
 
     processed: dict[int, int] = {}
 
@@ -356,6 +380,18 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
             facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
                       for m, w in enumerate(item_interests)]
     return [fact.to_json() for fact in facts]
+
+
+def transition_key(head: str, tail: str) -> bytes:
+    """The key of an item -> item pair in the transitions topic and the ``next-counts`` Table."""
+    return f"{head}>{tail}".encode()
+
+
+def transition_bundle(raw: bytes) -> list[dict]:
+    """The transitions of one transitions-topic message: a list (one message per partition and micro-batch),
+    or a single object (written by workers before the lists; read so that an upgrade loses none)."""
+    value = orjson.loads(raw)
+    return value if isinstance(value, list) else [value]
 
 
 def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info", json_logs: bool = True) -> None:

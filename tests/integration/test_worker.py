@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,22 @@ def assert_interests_served(iso: Settings, scorer, sessions: list[list[int]], ru
     assert {k_.split("|")[0] for k_ in in_interest} == clicked_items and len(in_interest) == k * len(clicked_items)
 
 
+def assert_next_counts(iso: Settings, sessions: list[list[int]], timeout: float = 90.0) -> None:
+    """The last NEXT fact of each item pair carries the number of times that pair was clicked in a row:
+    every transition counted, none twice (re-deliveries included). Polls while the worker runs: the counts
+    trail the recommendations by one hop through the transitions topic."""
+    expected = dict(Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s)))
+    deadline = time.monotonic() + timeout
+    while True:
+        triples = asyncio.run(collect(iso, iso.topic_triples, 10**9, timeout=3,
+                                      key=lambda t: f"{t['head']['id']}|{t.get('rel')}|{t['tail']['id']}"
+                                      if t.get("rel") == "NEXT" else ""))
+        counts = {tuple(k.split("|NEXT|")): records[-1]["props"]["count"] for k, records in triples.items() if k}
+        if counts == expected or time.monotonic() > deadline:
+            break
+    assert counts == expected
+
+
 @pytest.fixture
 def iso(settings: Settings) -> Settings:
     isolated = isolated_settings(settings)
@@ -103,6 +122,7 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
     try:
         asyncio.run(publish(iso, iso.topic_events, list(session_events(sessions, run="parity"))))
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=360, watch=[worker]))
+        assert_next_counts(iso, sessions)
     finally:
         worker.stop()
     assert_same_recommendations(got, expected)
@@ -140,6 +160,7 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
         # a fresh local folder: the restarted worker must rebuild every user's state from the changelog
         worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[worker]))
+        assert_next_counts(iso, sessions)
     finally:
         worker.stop()
     assert_same_recommendations(got, expected)

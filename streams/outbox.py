@@ -1,0 +1,69 @@
+"""Outputs of one micro-batch, encoded into Kafka record batches and queued with one call per partition.
+
+faust's ``producer.send`` costs tens of microseconds per message (faust's hooks, then aiokafka's per-message
+future and accumulator lookup), and the worker writes several messages per event, so that path alone held
+it near 1,200 events/s on two cores. An :class:`Outbox` appends each message to an aiokafka ``BatchBuilder``
+(a C encoder) per topic-partition, and :meth:`Outbox.send` queues every builder with one ``send_batch``.
+
+The builders go into the accumulator of faust's own producer, and faust flushes that producer before it
+commits offsets, so outputs sent through an Outbox are delivered before the events that caused them are
+committed, exactly as with ``producer.send``: the worker's at-least-once contract does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from streams.topics import default_partition
+
+
+def kafka_producer(app: Any) -> Any:
+    """The ``AIOKafkaProducer`` inside a started faust app's producer: the one whose accumulator faust
+    flushes before committing offsets (faust keeps it in a private attribute; a faust upgrade that renames it
+    fails here, loudly, rather than sending outside the flush)."""
+    producer = getattr(app.producer, "_producer", None)
+    if producer is None or not hasattr(producer, "send_batch"):
+        raise RuntimeError("faust's producer has no started aiokafka producer (faust changed, or not started)")
+    return producer
+
+
+class Outbox:
+    """Messages for several topics, grouped per topic-partition in arrival order, sent with :meth:`send`.
+
+    Args:
+        producer: a started ``AIOKafkaProducer`` (:func:`kafka_producer`).
+        partitions: partition count per topic this outbox writes to; a message without an explicit partition
+            goes where Kafka's default partitioner puts its key, so a keyed consumer sees what
+            ``producer.send`` would have produced.
+    """
+
+    def __init__(self, producer: Any, partitions: Mapping[str, int]):
+        self._producer = producer
+        self._partitions = dict(partitions)
+        self._builders: dict[tuple[str, int], list[Any]] = {}
+        self.messages = 0
+
+    def partition_count(self, topic: str) -> int:
+        return self._partitions[topic]
+
+    def add(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        """Append one message (not sent until :meth:`send`); ``key`` or ``partition`` must be given."""
+        if partition is None:
+            if key is None:
+                raise ValueError(f"a message for {topic} needs a key or a partition")
+            partition = default_partition(key, self._partitions[topic])
+        builders = self._builders.setdefault((topic, partition), [])
+        if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
+            builders.append(self._producer.create_batch())
+            if builders[-1].append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a message of {len(value)} bytes does not fit in one producer batch")
+        self.messages += 1
+
+    async def send(self) -> None:
+        """Queue every filled builder in the producer (in order per partition) and start empty."""
+        builders, self._builders = self._builders, {}
+        self.messages = 0
+        for (topic, partition), batches in builders.items():
+            for batch in batches:
+                await self._producer.send_batch(batch, topic, partition=partition)
