@@ -11,7 +11,9 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      alone on this machine;
   5. the worker's CPU time per event in phase 2, from /proc: its scoring thread and the rest of the process
      (steadier than events/s when other work shares the cores).
-Events are real Diginetica test sessions replayed click by click, one user per session. Prints a table.
+Events are real Diginetica test sessions replayed click by click, one user per session, interleaved so that
+about --concurrent-users users are active at once (a micro-batch then rarely holds two events of one user, as
+in live traffic). Prints a table.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ async def fanout_ceiling(settings: Settings, events: list[dict], fanout: int) ->
     return result
 
 
-def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subprocess.Popen:
+def start_worker(settings: Settings, artefact: Path, workdir: Path, extra: list[str]) -> subprocess.Popen:
     env = os.environ | settings.to_env()
     log = (workdir / "worker.log").open("wb")
     command = [
@@ -172,8 +174,20 @@ def start_worker(settings: Settings, artefact: Path, workdir: Path) -> subproces
         str(workdir / "state"),
         "--loglevel",
         "warning",
+        *extra,
     ]
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def record_profile(pid: int, svg: Path, seconds: int) -> subprocess.Popen:
+    """py-spy sampling ``pid`` for ``seconds`` into a flame graph (idle samples left out, threads apart)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        raise SystemExit("--profile needs py-spy: install the dev extra (make setup does)")
+    svg.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(py_spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--threads",
+               "--nonblocking", "--output", str(svg)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=Path(f"{svg}.log").open("wb"))
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -200,6 +214,16 @@ def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int
     return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
 
 
+def interleaved(sessions: list[list[int]], run: str, concurrent: int) -> list[dict]:
+    """The sessions' click events with about ``concurrent`` users active at a time, each user's clicks in order,
+    as live traffic would bring them: session i starts when i * (mean length) / concurrent clicks have gone
+    by. With 1 they follow one another session by session."""
+    events = list(session_events(sessions, run=run))
+    mean_length = len(events) / max(len(sessions), 1)
+    clock = [index * mean_length / concurrent + pos for index, s in enumerate(sessions) for pos in range(len(s))]
+    return [events[i] for i in np.argsort(clock, kind="stable")]
+
+
 def row(name: str, rate: float, latencies: np.ndarray) -> str:
     p50, p99 = np.percentile(latencies, [50, 99])
     return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
@@ -211,6 +235,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000, help="events in the throughput phases")
     parser.add_argument("--rate", type=float, default=2_000.0, help="events/s of the latency phase")
     parser.add_argument("--latency-events", type=int, default=10_000)
+    parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
+                        help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
+    parser.add_argument("--profile", type=Path, metavar="SVG",
+                        help="also record the worker with py-spy (dev extra) in the flat-out phase and write a "
+                             "flame graph of all its threads here")
+    parser.add_argument("--profile-seconds", type=int, default=15, help="length of the py-spy recording")
+    parser.add_argument("--concurrent-users", type=int, default=1_000,
+                        help="users clicking at the same time: sessions interleaved so that about this many are "
+                             "active at once (1: one session after another)")
     args = parser.parse_args()
 
     base = Settings.load()
@@ -218,24 +251,27 @@ def main() -> None:
     settings = isolated(base)
     asyncio.run(ensure_topics(settings))
     sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
-    events = list(session_events(sessions, run=f"b{uuid.uuid4().hex[:6]}"))
+    events = interleaved(sessions, f"b{uuid.uuid4().hex[:6]}", args.concurrent_users)
 
     ceiling_topic = f"{settings.topic_events}.ceiling"
     asyncio.run(ensure_topics(settings, [ceiling_topic]))
     ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events[: args.events], None, 120))
 
     with tempfile.TemporaryDirectory() as workdir:
-        worker = start_worker(settings, args.artefact, Path(workdir))
+        worker = start_worker(settings, args.artefact, Path(workdir), args.worker_arg)
         try:
             warm = events[-200:]
             asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
             before = thread_cpu(worker.pid)
+            profiler = record_profile(worker.pid, args.profile, args.profile_seconds) if args.profile else None
             flat_out = asyncio.run(
                 run_phase(
                     settings, settings.topic_events, settings.topic_recommendations, events[: args.events], None, 600
                 )
             )
             cpu = cpu_per_event(before, thread_cpu(worker.pid), args.events)
+            if profiler is not None and profiler.wait(timeout=args.profile_seconds + 60) != 0:
+                print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
             paced = events[args.events : args.events + args.latency_events]
             at_rate = asyncio.run(
                 run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600)
@@ -259,7 +295,8 @@ def main() -> None:
           "per event (outputs, internal topics and changelogs)")
     print(f"\nworker CPU per event, flat-out phase: scoring thread {cpu['scorer']:.0f} us, the rest (event loop, "
           f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
-    print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}")
+    print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}; "
+          f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")
 
 
 if __name__ == "__main__":
