@@ -331,27 +331,31 @@ class Scoring:
 
 def score_batch(scorer: Any, steps: list[Step]) -> list[Scoring]:
     """Score each step's current session; unknown items are left out of the scored session, and a session
-    with no known item (or an event whose clicks left the bounded state) is not scored."""
+    with no known item (or an event whose clicks left the bounded state) is not scored. Users' histories are
+    mapped only for a scorer that uses them. Runs on the scoring thread: the Python work here holds the GIL
+    the event loop needs, so results are converted per batch, not per item."""
     indices = [scorer.index_of(step.current) for step in steps]
-    known = [[int(i) for i in session if i] for session in indices]
-    histories = [[[int(i) for i in scorer.index_of(s) if i] for s in step.history] for step in steps]
-    rows = [b for b, session in enumerate(known) if session]
-    top: Any = ()
-    scores: Any = ()
+    known = [session[session > 0] for session in indices]
+    rows = [b for b, session in enumerate(known) if session.size]
+    top_ids: list[list[str]] = []
+    top_scores: list[list[float]] = []
     if rows:
-        top, scores = scorer.recommend_sessions([known[b] for b in rows], [histories[b] for b in rows])
+        histories = None
+        if scorer.uses_history:
+            histories = [[(h := scorer.index_of(s))[h > 0] for s in steps[b].history] for b in rows]
+        top, scores = scorer.recommend_sessions([known[b] for b in rows], histories)
+        top_ids, top_scores = scorer.external_ids(top).tolist(), scores.tolist()
+    weights = [scorer.interest_weights(session) for session in known]
     row_of = {b: row for row, b in enumerate(rows)}
     results = []
     for b, session in enumerate(indices):
-        clicked = int(session[-1]) if len(session) else 0
-        weights = scorer.interest_weights(known[b])
         row = row_of.get(b)
         results.append(Scoring(
-            items=[str(x) for x in scorer.external_ids(top[row])] if row is not None else [],
-            scores=[float(x) for x in scores[row]] if row is not None else [],
+            items=top_ids[row] if row is not None else [],
+            scores=top_scores[row] if row is not None else [],
             scored=row is not None,
-            clicked=clicked,
-            interests=None if weights is None else [float(w) for w in weights],
+            clicked=int(session[-1]) if len(session) else 0,
+            interests=None if weights[b] is None else weights[b].tolist(),
         ))
     return results
 

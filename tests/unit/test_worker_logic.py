@@ -22,6 +22,7 @@ class FakeScorer:
     interest 0 with weight i/10 and to interest 1 with the rest."""
 
     interests = np.array([[0.0, 0.0]] + [[i / 10, 1 - i / 10] for i in range(1, 10)], dtype=np.float32)
+    uses_history = True
 
     def interest_weights(self, indices):
         return self.interests[list(indices)].mean(0) if len(indices) else None
@@ -30,7 +31,7 @@ class FakeScorer:
         return np.array([int(i) if i.isdigit() and 0 < int(i) < 10 else 0 for i in ids], dtype=np.int64)
 
     def external_ids(self, indices):
-        return [str(i) for i in indices]
+        return np.asarray(indices).astype(str)
 
     def recommend_sessions(self, sessions, histories=None):
         self.calls = (sessions, histories)
@@ -51,7 +52,12 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
     assert results[0].clicked == 2, "the clicked item's model index"
     assert results[1].interests is None and results[1].clicked == 0
     assert [(r.items, r.scores, r.scored) for r in results[1:]] == [([], [], False)] * 2
-    assert scorer.calls == ([[1, 2]], [[[3]]]), "one batched call with only known items"
+    sessions, histories = scorer.calls
+    assert [s.tolist() for s in sessions] == [[1, 2]] and [[h.tolist() for h in u] for u in histories] == [[[3]]], (
+        "one batched call with only known items")
+    scorer.uses_history = False
+    score_batch(scorer, [step(["1"], [["3"]])])
+    assert scorer.calls[1] is None, "no histories for a scorer that does not use them"
 
 
 def test_interest_triples_carry_absolute_weights_and_item_facts_only_when_new() -> None:
