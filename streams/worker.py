@@ -4,13 +4,18 @@ One faust agent takes up to ``batch_max`` events or whatever arrived within ``ba
 
 1. validates each message (refused ones go to ``igrec.events.dlq`` with the reason and source offset);
 2. applies it to its user's state in the ``users`` Table (RocksDB, changelog-backed);
-3. scores all the batch's sessions in one onnxruntime call (``export.scorer.Scorer``, off the event loop);
-4. emits a Recommendation and an EnrichedEvent per event, and the knowledge triples the event creates,
-   encoded into Kafka record batches (``streams.outbox``) rather than sent one producer call at a time;
-5. sends the batch's item -> item transitions to a second agent, which owns the global NEXT counts.
+3. sends the batch's item -> item transitions to a second agent, which owns the global NEXT counts;
+4. queues the batch, in chunks, for the scoring thread (``export.scorer.Scorer``, one onnxruntime call per
+   chunk) and goes on to the next batch.
 
-Delivery is at-least-once with idempotent keys: faust flushes every output and the changelog before it
-commits the batch's offsets, so a crash can only re-deliver. A re-delivered event does not change the
+An emitter task takes the scored chunks in order and sends a Recommendation and an EnrichedEvent per event
+and the knowledge triples the event creates, encoded into Kafka record batches (``streams.outbox``) rather
+than one producer call at a time. So the event loop admits batch n + 1 while the scoring thread scores
+batch n: both cores work.
+
+Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
+outputs are queued in faust's producer, and faust flushes that producer (outputs and changelog) before it
+commits offsets, so a crash can only re-deliver. A re-delivered event does not change the
 state (``streams.state`` keeps the last applied offset per user) and its recommendation is recomputed on
 the same prefix and re-emitted under the same ``event_id``; triples are absolute values. Exactly-once
 (Kafka transactions) was not chosen: it would make every output wait for a transaction commit, and the
@@ -55,6 +60,8 @@ log = logging.getLogger("igrec.worker")
 # used: it also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 64
+CHUNKS_IN_FLIGHT = 8
+"""Scoring chunks admitted but not yet emitted; past this many the agent waits (backpressure)."""
 STATS_INTERVAL_S = 5.0
 SCORER_THREAD = "igrec-scorer"
 """OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
@@ -88,6 +95,16 @@ class Scored:
     kafka_ts: float
     partition: int
     offset: int
+    message: Any = None
+
+
+@dataclass
+class Chunk:
+    """Admitted events handed to the scoring thread, in the order the emitter must send their outputs."""
+
+    items: list[Scored]
+    scoring: asyncio.Future
+    began: float
 
 
 def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
@@ -150,7 +167,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         if step.applied:
             users[key] = state
         kafka_ts = message.timestamp / 1000.0 if message.timestamp else now
-        return Scored(event, step, now, kafka_ts, message.partition, message.offset)
+        return Scored(event, step, now, kafka_ts, message.partition, message.offset, message)
 
     async def open_outbox() -> Outbox:
         """An :class:`streams.outbox.Outbox` on faust's producer for every topic the agents write to."""
@@ -212,38 +229,55 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     @app.agent(events)
     async def process(stream: faust.StreamT) -> None:
+        """Admit each micro-batch and queue it for scoring, then take the next one at once: the scoring thread
+        and the emitter work on earlier batches meanwhile. An admitted event's message gets one more
+        reference here, released by the emitter after its outputs are queued in the producer; faust commits
+        an offset only when every reference is released (and all earlier offsets), and flushes the producer
+        before it commits, so no event is committed before its outputs are in Kafka."""
         loop = asyncio.get_running_loop()
         out = await open_outbox()
-        async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
-            now = time.time()
-            admitted: list[Scored] = []
-            for faust_event in batch:
-                _CURRENT_EVENT.set(weakref.ref(faust_event))
-                message = faust_event.message
-                processed[message.partition] = message.offset
-                try:
-                    admitted.append(admit(message, now))
-                except (EventError, OversizedSession) as error:
-                    dead_letter(out, message, str(error))
-            metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
-            add_transitions(out, admitted)
-            await out.send()
-            if not admitted:
-                continue
-            metrics.BATCH.observe(len(admitted))
-            # Scored in chunks: the scoring thread works on chunk i + 1 while this loop emits chunk i, so
-            # both cores are busy; the batch is still acknowledged only after all of it was emitted.
-            began = time.perf_counter()
-            chunks = [admitted[i : i + SCORE_CHUNK] for i in range(0, len(admitted), SCORE_CHUNK)]
-            pending = [loop.run_in_executor(executor, score_batch, scorer, [a.step for a in chunk]) for chunk in chunks]
-            for chunk, future in zip(chunks, pending, strict=True):
-                results = await future
-                score_ms = 1000.0 * (time.perf_counter() - began)
-                for item, scoring in zip(chunk, results, strict=True):
-                    emit(out, item, scoring, score_ms)
+        queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=CHUNKS_IN_FLIGHT)
+        emitter = asyncio.ensure_future(emit_in_order(queue))
+        try:
+            async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
+                now = time.time()
+                admitted: list[Scored] = []
+                for faust_event in batch:
+                    _CURRENT_EVENT.set(weakref.ref(faust_event))
+                    message = faust_event.message
+                    processed[message.partition] = message.offset
+                    try:
+                        admitted.append(admit(message, now))
+                    except (EventError, OversizedSession) as error:
+                        dead_letter(out, message, str(error))
+                    else:
+                        message.incref()
+                metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
+                add_transitions(out, admitted)
                 await out.send()
-            metrics.SCORE_SECONDS.observe(time.perf_counter() - began)
-            metrics.EVENTS.labels(outcome="recommended").inc(len(admitted))
+                if admitted:
+                    metrics.BATCH.observe(len(admitted))
+                for i in range(0, len(admitted), SCORE_CHUNK):
+                    items = admitted[i : i + SCORE_CHUNK]
+                    future = loop.run_in_executor(executor, score_batch, scorer, [a.step for a in items])
+                    await put_unless_stopped(queue, Chunk(items, future, time.perf_counter()), emitter)
+        finally:
+            emitter.cancel()
+
+    async def emit_in_order(queue: asyncio.Queue[Chunk]) -> None:
+        """Outputs of each scored chunk, in admission order, then the release of its events' messages."""
+        out = await open_outbox()
+        while True:
+            chunk = await queue.get()
+            results = await chunk.scoring
+            score_ms = 1000.0 * (time.perf_counter() - chunk.began)
+            for item, scoring in zip(chunk.items, results, strict=True):
+                emit(out, item, scoring, score_ms)
+            await out.send()
+            for item in chunk.items:
+                item.message.ack(app.consumer)
+            metrics.SCORE_SECONDS.observe(time.perf_counter() - chunk.began)
+            metrics.EVENTS.labels(outcome="recommended").inc(len(chunk.items))
 
     def add_transitions(out: Outbox, admitted: list[Scored]) -> None:
         """The batch's item -> item transitions, one message per partition of the transitions topic (each
@@ -384,6 +418,19 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
             facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
                       for m, w in enumerate(item_interests)]
     return [fact.to_json() for fact in facts]
+
+
+async def put_unless_stopped(queue: asyncio.Queue, item: Any, consumer: asyncio.Future) -> None:
+    """``queue.put(item)``, unless the task ``consumer`` that empties the queue has ended: then its exception
+    (or a RuntimeError) is raised instead of waiting forever on a full queue."""
+    if not consumer.done():
+        put = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait({put, consumer}, return_when=asyncio.FIRST_COMPLETED)
+        if put.done():
+            return
+        put.cancel()
+    consumer.result()
+    raise RuntimeError("the emitter stopped")
 
 
 def transition_key(head: str, tail: str) -> bytes:

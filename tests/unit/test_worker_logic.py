@@ -1,8 +1,9 @@
 """The worker's pure pieces: batch scoring around unknown items, the triples of an event, partitioning, the
-scoring thread's OS name."""
+scoring thread's OS name, the scoring queue's failure path."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from streams.records import Event
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import SCORER_THREAD, _name_os_thread, event_triples, score_batch
+from streams.worker import SCORER_THREAD, _name_os_thread, event_triples, put_unless_stopped, score_batch
 
 
 class FakeScorer:
@@ -102,3 +103,19 @@ def test_the_scoring_thread_has_an_os_name_the_bench_can_find() -> None:
     thread.start()
     thread.join()
     assert names == [SCORER_THREAD] == ["igrec-scorer"]
+
+
+def test_a_full_queue_raises_the_emitters_error_instead_of_waiting_forever() -> None:
+    async def scenario() -> None:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+
+        async def failing_emitter() -> None:
+            await asyncio.sleep(0.05)
+            raise RuntimeError("scoring failed")
+
+        emitter = asyncio.ensure_future(failing_emitter())
+        await put_unless_stopped(queue, 1, emitter)
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            await asyncio.wait_for(put_unless_stopped(queue, 2, emitter), timeout=5)
+
+    asyncio.run(scenario())
