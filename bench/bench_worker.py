@@ -68,8 +68,10 @@ async def produce(settings: Settings, topic: str, events: list[dict], rate: floa
     return sent
 
 
-async def receive(settings: Settings, topic: str, want: int, timeout: float) -> dict[str, float]:
-    """Receipt time per event id of the first ``want`` distinct records on ``topic`` after now."""
+async def receive(settings: Settings, topic: str, want: int, timeout: float,
+                  parts: dict[str, dict] | None = None) -> dict[str, float]:
+    """Receipt time per event id of the first ``want`` distinct records on ``topic`` after now; with ``parts``,
+    also each record's own ``latency_ms`` (the worker's split of its latency), where it has one."""
     consumer = AIOKafkaConsumer(
         topic, **settings.aiokafka_kwargs(), auto_offset_reset="latest", group_id=f"bench-{uuid.uuid4().hex[:6]}"
     )
@@ -83,17 +85,21 @@ async def receive(settings: Settings, topic: str, want: int, timeout: float) -> 
             now = time.perf_counter()
             for messages in batch.values():
                 for message in messages:
-                    got.setdefault(orjson.loads(message.value)["event_id"], now)
+                    record = orjson.loads(message.value)
+                    got.setdefault(record["event_id"], now)
+                    if parts is not None and "latency_ms" in record:
+                        parts.setdefault(record["event_id"], record["latency_ms"])
     finally:
         await consumer.stop()
     return got
 
 
 async def run_phase(
-    settings: Settings, in_topic: str, out_topic: str, events: list[dict], rate: float | None, timeout: float
+    settings: Settings, in_topic: str, out_topic: str, events: list[dict], rate: float | None, timeout: float,
+    parts: dict[str, dict] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Produce ``events`` and receive one output per event; returns (events/s, latencies in ms)."""
-    receiver = asyncio.create_task(receive(settings, out_topic, len(events), timeout))
+    receiver = asyncio.create_task(receive(settings, out_topic, len(events), timeout, parts))
     await asyncio.sleep(2.0)
     sent = await produce(settings, in_topic, events, rate)
     got = await receiver
@@ -224,6 +230,17 @@ def interleaved(sessions: list[list[int]], run: str, concurrent: int) -> list[di
     return [events[i] for i in np.argsort(clock, kind="stable")]
 
 
+def latency_split(parts: dict[str, dict]) -> dict[str, np.ndarray]:
+    """The worker's latency parts per event: Kafka timestamp -> admitted ("queue"), waiting for the scoring
+    thread (the rest of "total"), scoring chunk start -> emitted ("score"), Kafka timestamp -> emitted."""
+    rows = list(parts.values())
+    total = np.array([r["total"] for r in rows])
+    queue = np.array([r["queue"] for r in rows])
+    score = np.array([r["score"] for r in rows])
+    return {"to admission": queue, "waiting to be scored": total - queue - score, "scoring and emit": score,
+            "in the worker, all told": total}
+
+
 def row(name: str, rate: float, latencies: np.ndarray) -> str:
     p50, p99 = np.percentile(latencies, [50, 99])
     return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
@@ -273,8 +290,9 @@ def main() -> None:
             if profiler is not None and profiler.wait(timeout=args.profile_seconds + 60) != 0:
                 print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
             paced = events[args.events : args.events + args.latency_events]
+            parts: dict[str, dict] = {}
             at_rate = asyncio.run(
-                run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600)
+                run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600, parts)
             )
         finally:
             worker.terminate()
@@ -293,6 +311,9 @@ def main() -> None:
     print(row(f"aiokafka relay, {fanout} messages per event (I/O ceiling)", *relayed))
     print(f"\nthe worker wrote {written:,} Kafka messages for {worker_events:,} events: {written / worker_events:.2f} "
           "per event (outputs, internal topics and changelogs)")
+    print(f"\nthe worker's own split at {args.rate:,.0f} events/s, p50 / p99 ms: " + "; ".join(
+        f"{name} {np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
+        for name, values in latency_split(parts).items()))
     print(f"\nworker CPU per event, flat-out phase: scoring thread {cpu['scorer']:.0f} us, the rest (event loop, "
           f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}; "

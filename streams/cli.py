@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a micro-batch")
     worker.add_argument("--session-gap-min", type=float, default=30.0, help="inactivity that ends a session")
     worker.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
-    worker.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    worker.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime intra-op threads (default: one per core); on a 2-core machine 1 leaves the "
+                             "other core to the event loop")
+    worker.add_argument("--scorer-nice", type=int, default=-10,
+                        help="added to the scoring thread's nice value (negative: higher priority, needs "
+                             "CAP_SYS_NICE, else ignored; 0: leave it)")
     worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
     worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
     worker.add_argument("--loglevel", default="info", help="debug, info, warning or error")
@@ -242,6 +247,7 @@ def _worker(args: argparse.Namespace) -> int:
         threads=args.threads,
         metrics_port=args.metrics_port or None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        scorer_nice=args.scorer_nice,
     )
     run_worker(args.settings, config, loglevel=args.loglevel, json_logs=args.log_format == "json")
     return 0

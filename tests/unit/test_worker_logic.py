@@ -15,7 +15,14 @@ import pytest
 from streams.records import Event
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import SCORER_THREAD, _name_os_thread, event_triples, put_unless_stopped, score_batch
+from streams.worker import (
+    SCORER_THREAD,
+    _name_os_thread,
+    _prepare_scoring_thread,
+    event_triples,
+    put_unless_stopped,
+    score_batch,
+)
 
 
 class FakeScorer:
@@ -103,6 +110,21 @@ def test_the_scoring_thread_has_an_os_name_the_bench_can_find() -> None:
     thread.start()
     thread.join()
     assert names == [SCORER_THREAD] == ["igrec-scorer"]
+
+
+def test_the_scoring_thread_priority_changes_by_the_configured_nice_value() -> None:
+    niceness: list[int] = []
+
+    def run() -> None:
+        stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat")
+        before = int(stat.read_text().rsplit(")", 1)[1].split()[16])
+        _prepare_scoring_thread(SCORER_THREAD, 3)  # lowering a priority needs no privilege
+        niceness.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]) - before)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert niceness == [3]
 
 
 def test_a_full_queue_raises_the_emitters_error_instead_of_waiting_forever() -> None:
