@@ -128,7 +128,7 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
     assert_same_recommendations(got, expected)
     assert all(r["scored"] for records in got.values() for r in records)
     latencies = [r["latency_ms"] for records in got.values() for r in records]
-    assert all(-5 <= t["queue"] <= t["total"] < 600_000 for t in latencies), "latency parts in ms since the Kafka timestamp"
+    assert all(-5 <= t["queue"] <= t["total"] < 600_000 for t in latencies), "ms since the Kafka timestamp"
     assert_valid("recommendations", [r for records in got.values() for r in records])
     assert_interests_served(iso, scorer, sessions, run="parity")
 
