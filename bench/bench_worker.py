@@ -3,8 +3,9 @@
 In one run, on the configured stack (IGREC_* settings; the local stack is started if needed):
   1. ceiling: aiokafka produce -> consume of the same events on a fresh topic, no processing;
   2. throughput: the worker (a subprocess, one process, its default micro-batching) fed as fast as possible;
-  3. latency: the worker fed at a fixed rate (--rate), per event the time from the producer's send to the
-     bench's receipt of its recommendation (one clock: both happen in this process);
+  3. latency: the worker fed at fixed rates (--rate, one phase each), per event the time from the producer's
+     send to the bench's receipt of its recommendation (one clock: both happen in this process), and the
+     worker's own split of it (the latency_ms of each recommendation);
   4. fan-out: the Kafka messages the worker wrote per event (all its topics: outputs, internal topics,
      changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
      produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
@@ -241,6 +242,35 @@ def latency_split(parts: dict[str, dict]) -> dict[str, np.ndarray]:
             "in the worker, all told": total}
 
 
+def rates(text: str) -> list[float]:
+    values = [float(x) for x in text.split(",") if x.strip()]
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError("rates are positive events/s, comma-separated")
+    return values
+
+
+def plot_latency(path: Path, offered: list[float], phases: list[tuple[float, np.ndarray]], flat_out: float) -> None:
+    """p50 and p99 event -> recommendation latency against the offered rate, the 50 ms target and the
+    flat-out throughput marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for q, style in ((50, "o-"), (99, "s--")):
+        ax.plot(offered, [np.percentile(lat, q) for _, lat in phases], style, label=f"p{q}")
+    ax.axhline(50, color="grey", lw=0.8, ls=":", label="target p99 50 ms")
+    ax.axvline(flat_out, color="tab:red", lw=0.8, ls=":", label=f"flat out {flat_out:,.0f}/s")
+    ax.set(xlabel="offered events/s", ylabel="event -> recommendation latency (ms)", yscale="log",
+           title="igrec worker, one process")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def row(name: str, rate: float, latencies: np.ndarray) -> str:
     p50, p99 = np.percentile(latencies, [50, 99])
     return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
@@ -250,8 +280,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
     parser.add_argument("--events", type=int, default=30_000, help="events in the throughput phases")
-    parser.add_argument("--rate", type=float, default=2_000.0, help="events/s of the latency phase")
-    parser.add_argument("--latency-events", type=int, default=10_000)
+    parser.add_argument("--rate", type=rates, default=[250.0, 500.0, 1_000.0],
+                        help="events/s of the latency phases, comma-separated (one phase per rate; default "
+                             "250,500,1000)")
+    parser.add_argument("--latency-events", type=int, default=5_000, help="events in each latency phase")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="also draw p50 / p99 latency against the offered rate (with the flat-out rate)")
     parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                         help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
     parser.add_argument("--profile", type=Path, metavar="SVG",
@@ -289,17 +323,19 @@ def main() -> None:
             cpu = cpu_per_event(before, thread_cpu(worker.pid), args.events)
             if profiler is not None and profiler.wait(timeout=args.profile_seconds + 60) != 0:
                 print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
-            paced = events[args.events : args.events + args.latency_events]
-            parts: dict[str, dict] = {}
-            at_rate = asyncio.run(
-                run_phase(settings, settings.topic_events, settings.topic_recommendations, paced, args.rate, 600, parts)
-            )
+            at_rate, parts = [], []
+            for index, rate in enumerate(args.rate):
+                begin = args.events + index * args.latency_events
+                parts.append({})
+                at_rate.append(asyncio.run(run_phase(
+                    settings, settings.topic_events, settings.topic_recommendations,
+                    events[begin : begin + args.latency_events], rate, 600, parts[-1])))
         finally:
             worker.terminate()
             worker.wait(timeout=60)
     tag = settings.topic_events.split(".")[0]
     inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
-    worker_events = 200 + args.events + args.latency_events
+    worker_events = 200 + args.events + len(args.rate) * args.latency_events
     written = asyncio.run(messages_written(settings, tag, inputs))
     fanout = round(written / worker_events)
     relayed = asyncio.run(fanout_ceiling(settings, events[: args.events], fanout))
@@ -307,17 +343,22 @@ def main() -> None:
     print(f"\n{'phase':<52} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
     print(row("aiokafka produce -> consume (ceiling)", *ceiling))
     print(row("worker, as fast as possible", *flat_out))
-    print(row(f"worker at {args.rate:,.0f} events/s", *at_rate))
+    for rate, phase in zip(args.rate, at_rate, strict=True):
+        print(row(f"worker at {rate:,.0f} events/s", *phase))
     print(row(f"aiokafka relay, {fanout} messages per event (I/O ceiling)", *relayed))
     print(f"\nthe worker wrote {written:,} Kafka messages for {worker_events:,} events: {written / worker_events:.2f} "
           "per event (outputs, internal topics and changelogs)")
-    print(f"\nthe worker's own split at {args.rate:,.0f} events/s, p50 / p99 ms: " + "; ".join(
-        f"{name} {np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
-        for name, values in latency_split(parts).items()))
+    for rate, split in zip(args.rate, parts, strict=True):
+        print(f"\nthe worker's own split at {rate:,.0f} events/s, p50 / p99 ms: " + "; ".join(
+            f"{name} {np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
+            for name, values in latency_split(split).items()))
     print(f"\nworker CPU per event, flat-out phase: scoring thread {cpu['scorer']:.0f} us, the rest (event loop, "
           f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}; "
           f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")
+    if args.plot:
+        plot_latency(args.plot, args.rate, at_rate, flat_out[0])
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
