@@ -17,6 +17,9 @@ from typing import Any
 
 from streams.topics import default_partition
 
+PARTITIONS_REMEMBERED = 100_000
+"""Keys whose partition an Outbox remembers; past this many it starts again."""
+
 
 def kafka_producer(app: Any) -> Any:
     """The ``AIOKafkaProducer`` inside a started faust app's producer: the one whose accumulator faust
@@ -42,6 +45,7 @@ class Outbox:
         self._producer = producer
         self._partitions = dict(partitions)
         self._builders: dict[tuple[str, int], list[Any]] = {}
+        self._partition_of: dict[tuple[bytes, int], int] = {}
         self.messages = 0
 
     def partition_count(self, topic: str) -> int:
@@ -52,13 +56,22 @@ class Outbox:
         if partition is None:
             if key is None:
                 raise ValueError(f"a message for {topic} needs a key or a partition")
-            partition = default_partition(key, self._partitions[topic])
+            partition = self._keyed_partition(key, self._partitions[topic])
         builders = self._builders.setdefault((topic, partition), [])
         if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
             builders.append(self._producer.create_batch())
             if builders[-1].append(key=key, value=value, timestamp=None) is None:
                 raise ValueError(f"a message of {len(value)} bytes does not fit in one producer batch")
         self.messages += 1
+
+    def _keyed_partition(self, key: bytes, partitions: int) -> int:
+        """:func:`default_partition`, remembered: murmur2 is pure Python, and one event's outputs share a key."""
+        partition = self._partition_of.get((key, partitions))
+        if partition is None:
+            if len(self._partition_of) >= PARTITIONS_REMEMBERED:
+                self._partition_of.clear()
+            partition = self._partition_of[(key, partitions)] = default_partition(key, partitions)
+        return partition
 
     async def send(self) -> None:
         """Queue every filled builder in the producer (in order per partition) and start empty."""
