@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait to fill a micro-batch")
     worker.add_argument("--session-gap-min", type=float, default=30.0, help="inactivity that ends a session")
     worker.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
-    worker.add_argument("--threads", type=int, default=None,
-                        help="onnxruntime intra-op threads (default: one per core); on a 2-core machine 1 leaves the "
-                             "other core to the event loop")
+    worker.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime intra-op threads on the CPU (default 1: the event loop needs a core of its "
+                             "own; on 2 cores, 2 threads cut the sustained rate, see docs/results.md)")
     worker.add_argument("--scorer-nice", type=int, default=-10,
                         help="added to the scoring thread's nice value (negative: higher priority, needs "
                              "CAP_SYS_NICE, else ignored; 0: leave it)")

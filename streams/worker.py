@@ -84,13 +84,14 @@ class WorkerConfig:
     batch_wait_ms: float = 10.0
     policy: SessionPolicy = field(default_factory=SessionPolicy)
     providers: str = "auto"
-    threads: int | None = None
+    threads: int | None = 1
     metrics_port: int | None = 9108
     data_dir: Path | None = None
     scorer_nice: int = -10
     """Added to the scoring thread's nice value. On a machine whose cores the worker shares (the broker, other
     processes), a scoring thread that waits for a core holds up every event of its chunk; a higher priority
-    halved the queueing at 1,000 events/s on two cores (docs/results.md). Needs CAP_SYS_NICE, else ignored."""
+    cut the median latency by about a fifth at 500 and 1,000 events/s on two cores (docs/results.md). Needs
+    CAP_SYS_NICE, else ignored."""
 
 
 @dataclass
