@@ -60,8 +60,7 @@ class Outbox:
         builders = self._builders.setdefault((topic, partition), [])
         if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
             builders.append(self._producer.create_batch())
-            if builders[-1].append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a message of {len(value)} bytes does not fit in one producer batch")
+            builders[-1].append(key=key, value=value, timestamp=None)  # an empty batch takes any message
         self.messages += 1
 
     def _keyed_partition(self, key: bytes, partitions: int) -> int:

@@ -53,7 +53,7 @@ from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
 from streams.topics import default_partition, ensure_topics
 from streams.triples import edge
-from streams.validate import EventError, parse_event
+from streams.validate import MAX_MESSAGE_BYTES, EventError, parse_event
 
 log = logging.getLogger("igrec.worker")
 
@@ -69,6 +69,8 @@ BATCHES_IN_FLIGHT = 4
 STATS_INTERVAL_S = 5.0
 SCORER_THREAD = "igrec-scorer"
 """OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
+DLQ_TEXT_BYTES = MAX_MESSAGE_BYTES
+"""Most bytes of a refused key or value copied into its DLQ record."""
 INTEREST_ITEMS_REMEMBERED = 1_000_000
 """Items whose IN_INTEREST facts this process has sent; past this many the set starts again (a re-send is
 harmless: the facts are absolute)."""
@@ -161,8 +163,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             source_topic=message.topic,
             source_partition=message.partition,
             source_offset=message.offset,
-            key=message.key.decode(errors="replace") if message.key is not None else None,
-            value=message.value.decode(errors="replace") if message.value is not None else None,
+            key=_dlq_text(message.key),
+            value=_dlq_text(message.value),
             received_at=time.time(),
         )
         partition = None if message.key else message.partition % out.partition_count(settings.topic_dlq)
@@ -358,6 +360,12 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     app.igrec_scorer = scorer
     return app
+
+
+def _dlq_text(raw: bytes | None) -> str | None:
+    """A refused message's key or value as text for its DLQ record: the first ``DLQ_TEXT_BYTES`` bytes (a longer
+    one is refused for its size, which the reason states; the whole message stays at its source offset)."""
+    return None if raw is None else raw[:DLQ_TEXT_BYTES].decode(errors="replace")
 
 
 def _prepare_scoring_thread(name: str, nice: int) -> None:

@@ -222,7 +222,8 @@ def fuzzed_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
 
 
 def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: Path, tmp_path) -> None:
-    bad = fuzzed_events(10_000)
+    huge = {"schema_version": 1, "event_id": "huge", "user_id": "u1", "item_id": "5", "ts": 1_700_000_000.0}
+    bad = [*fuzzed_events(10_000), (b"u1", orjson.dumps({**huge, "pad": "x" * 400_000})), (b"k" * 300_000, b"{}")]
     assert len({v for _, v in bad}) > 1000, "the fuzz must be varied"
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=f"{iso.topic_events}-w").start()
     try:
@@ -244,6 +245,10 @@ def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: P
     finally:
         worker.stop()
     assert len(dead) == len(bad), f"{len(bad) - len(dead)} bad events did not reach the DLQ"
+    records = [r[0] for r in dead.values()]
+    assert any(r["reason"].startswith("message of 400") and len(r["value"]) == 64 * 1024 for r in records), (
+        "a 400 KB event: refused for its size, its first 64 KiB in the DLQ")
+    assert any(len(r["key"] or "") == 64 * 1024 for r in records), "a 300 KB key: its first 64 KiB in the DLQ"
     assert all(len(records) == 1 for records in dead.values()), "without a crash, each exactly once"
     reasons = {records[0]["reason"].split(":")[0].split(" ")[0] for records in dead.values()}
     assert len(reasons) >= 5, reasons

@@ -1,5 +1,5 @@
 """The Outbox: messages grouped per topic-partition in order, split across full batches, keyed messages
-partitioned as Kafka's default partitioner would."""
+partitioned as Kafka's default partitioner would, a message too large for a batch sent alone in its place."""
 
 from __future__ import annotations
 
@@ -12,42 +12,44 @@ from streams.topics import default_partition
 
 
 class FakeBatch:
-    """Holds up to ``capacity`` messages, like a BatchBuilder that fills up (append returns None)."""
+    """Like aiokafka's BatchBuilder: takes messages while they fit in ``size`` bytes (append returns None when
+    full), and an empty batch takes any one message, however large."""
 
-    def __init__(self, capacity: int):
-        self.capacity, self.messages = capacity, []
+    def __init__(self, size: int):
+        self.size, self.used, self.messages = size, 0, []
 
     def append(self, *, key, value, timestamp):
-        if len(self.messages) == self.capacity:
+        if self.messages and self.used + len(value) > self.size:
             return None
+        self.used += len(value)
         self.messages.append((key, value))
         return object()
 
 
 class FakeProducer:
-    def __init__(self, capacity: int = 3):
-        self.capacity, self.sent = capacity, []
+    def __init__(self, size: int = 3):
+        self.size, self.sent = size, []
 
     def create_batch(self) -> FakeBatch:
-        return FakeBatch(self.capacity)
+        return FakeBatch(self.size)
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> None:
         self.sent.append((topic, partition, batch.messages))
 
 
 def test_messages_keep_their_order_per_partition_across_full_batches() -> None:
-    producer = FakeProducer(capacity=3)
+    producer = FakeProducer(size=3)
     out = Outbox(producer, {"recs": 4, "internal": 2})
     keys = [f"user{i % 5}".encode() for i in range(40)]
     for i, key in enumerate(keys):
-        out.add("recs", key, f"{i}".encode())
+        out.add("recs", key, b"%d" % (i % 10))
     out.add("internal", None, b"bundle", partition=1)
     assert out.messages == 41
     asyncio.run(out.send())
     assert out.messages == 0 and all(len(messages) <= 3 for _, _, messages in producer.sent)
     for partition in range(4):
         got = [m for topic, p, batch in producer.sent if (topic, p) == ("recs", partition) for m in batch]
-        want = [(k, f"{i}".encode()) for i, k in enumerate(keys) if default_partition(k, 4) == partition]
+        want = [(k, b"%d" % (i % 10)) for i, k in enumerate(keys) if default_partition(k, 4) == partition]
         assert got == want
     assert ("internal", 1, [(None, b"bundle")]) in producer.sent
     sent = len(producer.sent)
@@ -55,9 +57,16 @@ def test_messages_keep_their_order_per_partition_across_full_batches() -> None:
     assert len(producer.sent) == sent, "a second send sends nothing new"
 
 
-def test_a_message_needs_a_key_or_a_partition_and_must_fit_a_batch() -> None:
-    out = Outbox(FakeProducer(capacity=0), {"recs": 4})
+def test_a_message_needs_a_key_or_a_partition() -> None:
     with pytest.raises(ValueError, match="key or a partition"):
-        out.add("recs", None, b"x")
-    with pytest.raises(ValueError, match="does not fit"):
-        out.add("recs", b"k", b"x")
+        Outbox(FakeProducer(), {"recs": 4}).add("recs", None, b"x")
+
+
+def test_a_message_larger_than_a_batch_goes_alone_and_keeps_its_place() -> None:
+    producer = FakeProducer(size=10)
+    out = Outbox(producer, {"dlq": 1})
+    for value in (b"a", b"b", b"x" * 50, b"c"):
+        out.add("dlq", b"k", value)
+    asyncio.run(out.send())
+    assert producer.sent == [("dlq", 0, [(b"k", b"a"), (b"k", b"b")]), ("dlq", 0, [(b"k", b"x" * 50)]),
+                             ("dlq", 0, [(b"k", b"c")])]
