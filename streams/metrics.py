@@ -6,11 +6,12 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter("igrec_events_total", "Events handled, by outcome", ["outcome"])
 DLQ = Counter("igrec_dlq_total", "Events sent to the dead-letter topic, by reason", ["reason"])
-BATCH = Histogram("igrec_batch_size", "Events scored per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+BATCH = Histogram("igrec_batch_size", "Events scored per onnxruntime call (a chunk)",
+                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 SCORE_SECONDS = Histogram(
     "igrec_score_seconds",
-    "Time from a micro-batch's first scoring call to its last output",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+    "Time from a chunk's scoring call to its outputs queued in the producer",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
 )
 LATENCY = Histogram(
     "igrec_event_latency_seconds",
