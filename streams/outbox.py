@@ -1,9 +1,10 @@
 """Outputs of one micro-batch, encoded into Kafka record batches and queued with one call per partition.
 
 faust's ``producer.send`` costs tens of microseconds per message (faust's hooks, then aiokafka's per-message
-future and accumulator lookup), and the worker writes several messages per event, so that path alone held
-it near 1,200 events/s on two cores. An :class:`Outbox` appends each message to an aiokafka ``BatchBuilder``
-(a C encoder) per topic-partition, and :meth:`Outbox.send` queues every builder with one ``send_batch``.
+future and accumulator lookup), and the worker writes about ten messages per event: about a quarter of its
+event loop's time went there (py-spy, docs/results.md). An :class:`Outbox` appends each message to an
+aiokafka ``BatchBuilder`` (a C encoder) per topic-partition, and :meth:`Outbox.send` queues every builder
+with one ``send_batch``.
 
 The builders go into the accumulator of faust's own producer, and faust flushes that producer before it
 commits offsets, so outputs sent through an Outbox are delivered before the events that caused them are
