@@ -47,7 +47,6 @@ class Outbox:
         self._partitions = dict(partitions)
         self._builders: dict[tuple[str, int], list[Any]] = {}
         self._partition_of: dict[tuple[bytes, int], int] = {}
-        self.messages = 0
 
     def partition_count(self, topic: str) -> int:
         return self._partitions[topic]
@@ -62,7 +61,6 @@ class Outbox:
         if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
             builders.append(self._producer.create_batch())
             builders[-1].append(key=key, value=value, timestamp=None)  # an empty batch takes any message
-        self.messages += 1
 
     def _keyed_partition(self, key: bytes, partitions: int) -> int:
         """:func:`default_partition`, remembered: murmur2 is pure Python, and one event's outputs share a key."""
@@ -76,7 +74,6 @@ class Outbox:
     async def send(self) -> None:
         """Queue every filled builder in the producer (in order per partition) and start empty."""
         builders, self._builders = self._builders, {}
-        self.messages = 0
         for (topic, partition), batches in builders.items():
             for batch in batches:
                 await self._producer.send_batch(batch, topic, partition=partition)
