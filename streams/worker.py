@@ -104,9 +104,7 @@ class Scored:
     step: Step
     received: float
     kafka_ts: float
-    partition: int
-    offset: int
-    message: Any = None
+    message: Any
 
 
 @dataclass
@@ -178,7 +176,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         if step.applied:
             users[key] = state
         kafka_ts = message.timestamp or now  # faust gives Kafka timestamps in seconds
-        return Scored(event, step, now, kafka_ts, message.partition, message.offset, message)
+        return Scored(event, step, now, kafka_ts, message)
 
     async def open_outbox() -> Outbox:
         """An :class:`streams.outbox.Outbox` on faust's producer for every topic the agents write to."""
@@ -315,7 +313,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             if step.previous_item is not None:
                 pair = transition_key(step.previous_item, item.event.item_id)
                 grouped.setdefault(default_partition(pair, partitions), []).append(
-                    {"head": step.previous_item, "tail": item.event.item_id, "p": item.partition, "o": item.offset})
+                    {"head": step.previous_item, "tail": item.event.item_id, "p": item.message.partition,
+                     "o": item.message.offset})
         for partition, bundle in grouped.items():
             out.add(topic, None, orjson.dumps(bundle), partition)
 
