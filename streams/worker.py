@@ -67,6 +67,8 @@ SCORE_CHUNK = 128
 BATCHES_IN_FLIGHT = 4
 """Admitted micro-batches waiting for the scoring thread; past this many the agent waits (backpressure)."""
 STATS_INTERVAL_S = 5.0
+STALL_S = 30.0
+"""Lag with no event taken for this long is logged as a stall, with what the consumer and the pipeline hold."""
 SCORER_THREAD = "igrec-scorer"
 """OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
 DLQ_TEXT_BYTES = MAX_MESSAGE_BYTES
@@ -246,6 +248,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         out = await open_outbox()
         admitted_queue: asyncio.Queue[list[Scored]] = asyncio.Queue(maxsize=BATCHES_IN_FLIGHT)
         scored_queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=2)
+        pipeline.update(admitted=admitted_queue, scored=scored_queue)
         emitter = asyncio.ensure_future(emit_in_order(scored_queue))
         scoring = asyncio.ensure_future(score_in_order(admitted_queue, scored_queue, emitter))
         try:
@@ -337,6 +340,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             await out.send()
 
     processed: dict[int, int] = {}
+    pipeline: dict[str, asyncio.Queue] = {}
+    stall = StallWatch()
 
     @app.task
     async def announce() -> None:
@@ -356,9 +361,57 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                     metrics.LAG.labels(partition=str(tp.partition)).set(lags[tp.partition])
         log.info("stats", extra={"fields": {**metrics.totals(), "lag": sum(lags.values()),
                                             "partitions": sorted(lags)}})
+        if stall.stalled(processed, sum(lags.values()), time.monotonic()):
+            log.warning("no event taken for %.0f s while %d wait", STALL_S, sum(lags.values()),
+                        extra={"fields": {**stall_report(app, pipeline), "lag_per_partition": lags}})
 
     app.igrec_scorer = scorer
     return app
+
+
+class StallWatch:
+    """Notices a stall: events waiting (lag) while no event was taken for ``STALL_S`` seconds. Says so once per
+    ``STALL_S`` while it lasts, so an operator (or a test's log) sees where a stuck worker stands."""
+
+    def __init__(self, after_s: float = STALL_S) -> None:
+        self.after_s = after_s
+        self.progress: tuple = ()
+        self.since = time.monotonic()
+        self.reported = float("-inf")
+
+    def stalled(self, processed: dict[int, int], lag: int, now: float) -> bool:
+        progress = tuple(sorted(processed.items()))
+        if lag == 0 or progress != self.progress:
+            self.progress, self.since = progress, now
+            return False
+        if now - self.since < self.after_s or now - self.reported < self.after_s:
+            return False
+        self.reported = now
+        return True
+
+
+def stall_report(app: faust.App, pipeline: dict[str, asyncio.Queue]) -> dict[str, Any]:
+    """What a stuck worker holds: its assignment, the partitions its consumer fetches, pauses or holds back for a
+    full buffer, flow control and recovery, un-acknowledged messages, the pipeline's queues, and where each agent
+    waits. Reads faust's private consumer attributes where it has no public ones (missing ones read None)."""
+    consumer = app.consumer
+
+    def tps(name: str) -> list[str] | None:
+        value = getattr(consumer, name, None)
+        return None if value is None else sorted(f"{tp.topic}:{tp.partition}" for tp in value)
+
+    return {
+        "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()),
+        "active": tps("_active_partitions"),
+        "paused": tps("_paused_partitions"),
+        "buffer_full": tps("_buffered_partitions"),
+        "flow_active": getattr(consumer, "flow_active", None),
+        "in_recovery": getattr(app, "in_recovery", None),
+        "rebalancing": getattr(app, "rebalancing", None),
+        "unacked": len(getattr(consumer, "_unacked_messages", ())),
+        "queues": {name: queue.qsize() for name, queue in pipeline.items()},
+        "agents": app.agents.human_tracebacks(),
+    }
 
 
 def _dlq_text(raw: bytes | None) -> str | None:

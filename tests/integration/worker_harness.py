@@ -62,7 +62,7 @@ class WorkerProcess:
             "--data-dir",
             str(self.workdir / self.name),
             "--loglevel",
-            "warning",
+            os.environ.get("IGREC_TEST_WORKER_LOGLEVEL", "warning"),
             *self.extra,
         ]
         self.process = subprocess.Popen(

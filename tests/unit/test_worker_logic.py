@@ -17,6 +17,7 @@ from streams.state import Step
 from streams.topics import default_partition
 from streams.worker import (
     SCORER_THREAD,
+    StallWatch,
     _name_os_thread,
     _prepare_scoring_thread,
     event_triples,
@@ -141,3 +142,18 @@ def test_a_full_queue_raises_the_emitters_error_instead_of_waiting_forever() -> 
             await asyncio.wait_for(put_unless_stopped(queue, 2, emitter), timeout=5)
 
     asyncio.run(scenario())
+
+
+def test_a_stall_is_lag_without_progress_for_the_whole_interval_and_is_reported_once_per_interval() -> None:
+    watch = StallWatch(after_s=30)
+    watch.since = 0.0
+    assert not watch.stalled({0: 5}, lag=10, now=0.0), "progress restarts the clock"
+    assert not watch.stalled({0: 5}, lag=10, now=29.0)
+    assert watch.stalled({0: 5}, lag=10, now=30.0)
+    assert not watch.stalled({0: 5}, lag=10, now=45.0), "reported once per interval"
+    assert watch.stalled({0: 5}, lag=10, now=61.0)
+    assert not watch.stalled({0: 6}, lag=10, now=100.0)
+    assert not watch.stalled({0: 6}, lag=10, now=129.0)
+    assert not watch.stalled({0: 6}, lag=0, now=200.0), "no lag, no stall"
+    assert not watch.stalled({0: 6}, lag=3, now=229.0)
+    assert watch.stalled({0: 6}, lag=3, now=230.0)
