@@ -15,12 +15,12 @@ than one producer call at a time. So the event loop admits batch n + 1 while the
 batch n: both cores work.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
-outputs are queued in faust's producer, and faust flushes that producer (outputs and changelog) before it
-commits offsets, so a crash can only re-deliver. A re-delivered event does not change the
-state (``streams.state`` keeps the last applied offset per user) and its recommendation is recomputed on
-the same prefix and re-emitted under the same ``event_id``; triples are absolute values. Exactly-once
-(Kafka transactions) was not chosen: it would make every output wait for a transaction commit, and the
-idempotent contract already gives every consumer one answer per event.
+outputs are queued in faust's producer, and faust flushes that producer (outputs and changelog; all of the
+changelog since ``streams.producer_buffer``) before it commits offsets, so a crash can only re-deliver. A
+re-delivered event does not change the state (``streams.state`` keeps the last applied offset per user) and
+its recommendation is recomputed on the same prefix and re-emitted under the same ``event_id``; triples are
+absolute values. Exactly-once (Kafka transactions) was not chosen: it would make every output wait for a
+transaction commit, and the idempotent contract already gives every consumer one answer per event.
 
 A user's state lives in the partition its events arrive on (the Table is co-partitioned with the events
 topic), so any producer partitioner works as long as it sends one key to one partition; the key must be the
@@ -48,6 +48,7 @@ import orjson
 
 from streams import metrics
 from streams.outbox import Outbox, kafka_producer
+from streams.producer_buffer import flush_whole_buffer
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
@@ -138,6 +139,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
     )
+    flush_whole_buffer(app.producer.buffer)
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
     users = app.Table("users", partitions=partitions, key_type=bytes)
