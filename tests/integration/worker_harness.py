@@ -124,6 +124,10 @@ async def collect(
                     seen.setdefault(key(record), []).append(record)
     finally:
         await consumer.stop()
+    if len(seen) < want:
+        for worker in watch or []:  # pytest shows this on a failure: where each worker stands
+            print(f"collect({topic}): {len(seen)} of {want} after {timeout} s; log of {worker.name}:\n"
+                  f"{worker.log_tail(20_000)}")
     return seen
 
 
