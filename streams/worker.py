@@ -185,6 +185,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     async def open_outbox() -> Outbox:
         """An :class:`streams.outbox.Outbox` on faust's producer for every topic the agents write to."""
         producer = kafka_producer(app)
+        await transitions.maybe_declare()  # faust creates it only later; asking for it first logs an error
         topics = (settings.topic_recommendations, settings.topic_enriched, settings.topic_triples,
                   settings.topic_dlq, transitions.get_topic_name())
         return Outbox(producer, {topic: len(await producer.partitions_for(topic)) for topic in topics})
