@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--scorer-nice", type=int, default=-10,
                         help="added to the scoring thread's nice value (negative: higher priority, needs "
                              "CAP_SYS_NICE, else ignored; 0: leave it)")
+    worker.add_argument("--session-timeout", type=float, default=10.0,
+                        help="seconds without a heartbeat after which Kafka drops a worker from the consumer "
+                             "group and gives its partitions to the others (default 10; faust's own 60 leaves "
+                             "a crashed worker's users without recommendations for a minute)")
     worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
     worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
     worker.add_argument("--loglevel", default="info", help="debug, info, warning or error")
@@ -248,6 +252,7 @@ def _worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         scorer_nice=args.scorer_nice,
+        session_timeout_s=args.session_timeout,
     )
     run_worker(args.settings, config, loglevel=args.loglevel, json_logs=args.log_format == "json")
     return 0

@@ -92,6 +92,10 @@ class WorkerConfig:
     threads: int | None = 1
     metrics_port: int | None = 9108
     data_dir: Path | None = None
+    session_timeout_s: float = 10.0
+    """Kafka drops a worker that sent no heartbeat for this long and hands its partitions on. faust's default,
+    60 s, held a crashed worker's partitions for a minute before its replacement got them; heartbeats go
+    every 3 s from the consumer's own thread, so the event loop's load does not delay them."""
     scorer_nice: int = -10
     """Added to the scoring thread's nice value. On a machine whose cores the worker shares (the broker, other
     processes), a scoring thread that waits for a core holds up every event of its chunk; a higher priority
@@ -137,6 +141,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         web_enabled=False,
         stream_buffer_maxsize=4 * config.batch_max,
         producer_linger_ms=5,
+        broker_session_timeout=config.session_timeout_s,
         producer_max_batch_size=256 * 1024,
     )
     flush_whole_buffer(app.producer.buffer)
