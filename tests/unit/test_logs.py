@@ -12,10 +12,11 @@ from streams.logs import JsonFormatter
 
 def test_json_formatter_merges_fields_and_exceptions() -> None:
     record = logging.LogRecord("igrec.worker", logging.WARNING, __file__, 1, "lag %d", (7,), None)
-    record.fields = {"partition": 3}
+    record.fields = {"partition": 3, "lag_per_partition": {0: 5, 1: 2}}
     entry = orjson.loads(JsonFormatter().format(record))
     assert entry["level"] == "warning" and entry["logger"] == "igrec.worker" and entry["msg"] == "lag 7"
     assert entry["partition"] == 3 and isinstance(entry["ts"], float)
+    assert entry["lag_per_partition"] == {"0": 5, "1": 2}, "non-string keys are written as strings"
     try:
         raise ValueError("boom")
     except ValueError:
