@@ -18,6 +18,8 @@ LATENCY = Histogram(
     "Kafka append time of an event -> its recommendation handed to the producer",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
+STALLED = Gauge("igrec_stalled_seconds",
+                "Seconds since the worker last took an event while events wait (0 while they flow): alert on it")
 LAG = Gauge("igrec_consumer_lag", "Events not yet processed, per partition of the events topic", ["partition"])
 
 

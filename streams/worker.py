@@ -388,10 +388,13 @@ class StallWatch:
         self.reported = float("-inf")
 
     def stalled(self, processed: dict[int, int], lag: int, now: float) -> bool:
+        """Whether to report a stall now; also sets the ``igrec_stalled_seconds`` gauge (0 while events flow)."""
         progress = tuple(sorted(processed.items()))
         if lag == 0 or progress != self.progress:
             self.progress, self.since = progress, now
+            metrics.STALLED.set(0)
             return False
+        metrics.STALLED.set(now - self.since)
         if now - self.since < self.after_s or now - self.reported < self.after_s:
             return False
         self.reported = now

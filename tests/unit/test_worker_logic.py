@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
+from streams import metrics
 from streams.records import Event
 from streams.state import Step
 from streams.topics import default_partition
@@ -152,6 +153,7 @@ def test_a_stall_is_lag_without_progress_for_the_whole_interval_and_is_reported_
     assert watch.stalled({0: 5}, lag=10, now=30.0)
     assert not watch.stalled({0: 5}, lag=10, now=45.0), "reported once per interval"
     assert watch.stalled({0: 5}, lag=10, now=61.0)
+    assert metrics.STALLED._value.get() == 61.0, "the gauge says for how long"
     assert not watch.stalled({0: 6}, lag=10, now=100.0)
     assert not watch.stalled({0: 6}, lag=10, now=129.0)
     assert not watch.stalled({0: 6}, lag=0, now=200.0), "no lag, no stall"
