@@ -16,7 +16,7 @@ batch n: both cores work.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
 outputs are queued in faust's producer, and faust flushes that producer (outputs and changelog; all of the
-changelog since ``streams.producer_buffer``) before it commits offsets, so a crash can only re-deliver. A
+changelog since ``streams.faust_fixes``) before it commits offsets, so a crash can only re-deliver. A
 re-delivered event does not change the state (``streams.state`` keeps the last applied offset per user) and
 its recommendation is recomputed on the same prefix and re-emitted under the same ``event_id``; triples are
 absolute values. Exactly-once (Kafka transactions) was not chosen: it would make every output wait for a
@@ -46,9 +46,8 @@ import faust
 import faust.streams as faust_streams
 import orjson
 
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.outbox import Outbox, kafka_producer
-from streams.producer_buffer import flush_whole_buffer
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
@@ -144,7 +143,6 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         broker_session_timeout=config.session_timeout_s,
         producer_max_batch_size=256 * 1024,
     )
-    flush_whole_buffer(app.producer.buffer)
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
     users = app.Table("users", partitions=partitions, key_type=bytes)
@@ -373,6 +371,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             log.warning("no event taken for %.0f s while %d wait", STALL_S, sum(lags.values()),
                         extra={"fields": {**stall_report(app, pipeline), "lag_per_partition": lags}})
 
+    faust_fixes.install(app)
     app.igrec_scorer = scorer
     return app
 
