@@ -10,10 +10,11 @@ Each round uses fresh topics and a fresh consumer group:
 3. a new worker in the same group, with an empty local folder (its state comes from the changelog), must
    answer every event: each recommendation must equal the offline Scorer's on the same prefix (top-20 items,
    ties within 1e-4 aside; scores within 1e-4), and every item -> item NEXT count must equal the number of
-   times the pair was clicked in a row (none lost, none counted twice).
+   times the pair was clicked in a row (none lost, none counted twice), and the consumer group's committed
+   offsets must reach the end of the events topic (a worker that cannot commit never acknowledged an event).
 
 Prints one row per round (kill point, seconds from the restart to the last answer, re-emitted duplicates,
-mismatches) and a summary; exits 1 if any round lost or changed anything. Needs the local stack
+mismatches, events left uncommitted) and a summary; exits 1 if any round lost or changed anything. Needs the local stack
 (``igrec stack up``; ``IGREC_*`` variables choose which one) and ``../shared/data/diginetica``.
 """
 
@@ -30,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from export.scorer import Scorer
@@ -86,6 +89,30 @@ def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: fl
             return errors
 
 
+def uncommitted(settings: Settings, group: str, timeout: float) -> int:
+    """Events of the events topic beyond the group's committed offsets, polled until 0 or ``timeout``: a worker
+    that answered everything but cannot commit lost track of a message (it never acknowledged it)."""
+
+    async def behind() -> int:
+        admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+        consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+            tps = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
+            ends = await consumer.end_offsets(tps)
+            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    deadline = time.monotonic() + timeout
+    while (left := asyncio.run(behind())) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
+
+
 def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
               workdir: Path, name: str) -> dict:
     settings = isolated_settings(base)
@@ -109,13 +136,14 @@ def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[lis
                                   watch=[worker]))
         recovered_s = time.monotonic() - began
         count_errors = next_count_errors(settings, sessions, timeout=60)
+        behind = uncommitted(settings, app_id, timeout=30)
     finally:
         worker.stop()
     return {
         "round": name, "events": len(events), "published": published, "answered": answered,
         "missing": len(set(expected) - set(got)), "recovered_s": recovered_s,
         "duplicates": sum(len(records) - 1 for records in got.values()),
-        "mismatches": mismatches(got, expected), "count_errors": count_errors,
+        "mismatches": mismatches(got, expected), "count_errors": count_errors, "uncommitted": behind,
     }
 
 
@@ -135,7 +163,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix="igrec-crash-"))
     header = f"{'round':>5} {'events':>6} {'published':>9} {'answered':>8} {'missing':>7} {'restart->all s':>14} " \
-             f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12}"
+             f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11}"
     print(header, flush=True)
     rows = []
     for r in range(args.rounds):
@@ -145,8 +173,8 @@ def main() -> int:
         rows.append(row)
         print(f"{r:>5} {row['events']:>6} {row['published']:>9.0%} {row['answered']:>8.0%} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "
-              f"{row['count_errors']:>12}", flush=True)
-    failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"]]
+              f"{row['count_errors']:>12} {row['uncommitted']:>11}", flush=True)
+    failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"] or r["uncommitted"]]
     times = sorted(r["recovered_s"] for r in rows)
     print(f"\n{len(rows) - len(failed)} of {len(rows)} rounds lost nothing and changed nothing; restart -> last "
           f"answer median {times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s; logs under {root}")
