@@ -31,8 +31,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from export.scorer import Scorer
@@ -42,7 +40,7 @@ from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
 
 sys.path.insert(0, str(ROOT))  # the worker harness of the integration tests: one way to run and watch workers
-from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings
+from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings, uncommitted
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 TOLERANCE = 1e-4
@@ -87,30 +85,6 @@ def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: fl
         errors = sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
         if not errors or time.monotonic() > deadline:
             return errors
-
-
-def uncommitted(settings: Settings, group: str, timeout: float) -> int:
-    """Events of the events topic beyond the group's committed offsets, polled until 0 or ``timeout``: a worker
-    that answered everything but cannot commit lost track of a message (it never acknowledged it)."""
-
-    async def behind() -> int:
-        admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
-        consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
-        await admin.start()
-        await consumer.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(group)
-            tps = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
-            ends = await consumer.end_offsets(tps)
-            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
-        finally:
-            await consumer.stop()
-            await admin.close()
-
-    deadline = time.monotonic() + timeout
-    while (left := asyncio.run(behind())) and time.monotonic() < deadline:
-        time.sleep(1)
-    return left
 
 
 def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,

@@ -20,7 +20,7 @@ from streams.evaluate_stream import ab_test, stream_metrics
 from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
-from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings
+from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings, uncommitted
 
 pytestmark = pytest.mark.integration
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
@@ -163,9 +163,11 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
         worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[worker]))
         assert_next_counts(iso, sessions)
+        behind = uncommitted(iso, app_id, timeout=30)
     finally:
         worker.stop()
     assert_same_recommendations(got, expected)
+    assert behind == 0, f"{behind} events never acknowledged: the group's commits stop short of the topic's end"
 
 
 def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
@@ -181,10 +183,12 @@ def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefac
         second.start()
         asyncio.run(publish(iso, iso.topic_events, events[len(events) // 3 :]))
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[first, second]))
+        behind = uncommitted(iso, app_id, timeout=30)
     finally:
         first.stop()
         second.stop()
     assert_same_recommendations(got, expected)
+    assert behind == 0, f"{behind} events never acknowledged: the group's commits stop short of the topic's end"
 
 
 def _without(event: dict, field: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.settings import Settings
 
@@ -138,3 +140,27 @@ def wait_until(predicate, timeout: float, interval: float = 0.5) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def uncommitted(settings: Settings, group: str, timeout: float) -> int:
+    """Events of the events topic beyond the group's committed offsets, polled until 0 or ``timeout``: a worker
+    that answered everything but cannot commit lost track of a message (it never acknowledged it)."""
+
+    async def behind() -> int:
+        admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+        consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+            tps = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
+            ends = await consumer.end_offsets(tps)
+            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    deadline = time.monotonic() + timeout
+    while (left := asyncio.run(behind())) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
