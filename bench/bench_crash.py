@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import random
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
-
-import numpy as np
 
 from deploy import stack
 from export.scorer import Scorer
@@ -40,51 +36,23 @@ from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
 
 sys.path.insert(0, str(ROOT))  # the worker harness of the integration tests: one way to run and watch workers
-from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings, uncommitted
+from tests.integration.worker_harness import (
+    WorkerProcess,
+    collect,
+    expected_recommendations,
+    isolated_settings,
+    mismatched,
+    next_counts,
+    uncommitted,
+)
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
-TOLERANCE = 1e-4
-
-
-def expected_answers(scorer: Scorer, sessions: list[list[int]], events: list[dict]) -> dict[str, tuple]:
-    """The offline Scorer's top-K items and scores for every prefix, keyed by the event id of its last click."""
-    prefixes = [s[: i + 1] for s in sessions for i in range(len(s))]
-    expected = {}
-    for begin in range(0, len(prefixes), 256):
-        chunk = prefixes[begin : begin + 256]
-        known = [[int(x) for x in scorer.index_of([str(i) for i in p]) if x] for p in chunk]
-        top, scores = scorer.recommend_sessions(known)
-        for row, event in enumerate(events[begin : begin + 256]):
-            expected[event["event_id"]] = ([str(x) for x in scorer.external_ids(top[row])], scores[row])
-    return expected
-
-
-def mismatches(got: dict[str, list[dict]], expected: dict[str, tuple]) -> int:
-    """Recommendations (re-emitted ones included) that differ from the offline answer beyond score ties."""
-    bad = 0
-    for event_id, (items, scores) in expected.items():
-        for record in got.get(event_id, []):
-            if not np.allclose(record["scores"], scores, atol=TOLERANCE):
-                bad += 1
-            elif record["items"] != items:
-                swapped = [i for i, (a, b) in enumerate(zip(record["items"], items, strict=True)) if a != b]
-                bad += not all(abs(scores[i] - scores[i - 1]) < TOLERANCE
-                               or abs(scores[i] - scores[min(i + 1, len(scores) - 1)]) < TOLERANCE for i in swapped)
-    return bad
 
 
 def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: float) -> int:
-    """Item pairs whose last NEXT count differs from the clicks in a row (polled: counts trail the answers)."""
-    expected = Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s))
-    deadline = time.monotonic() + timeout
-    while True:
-        triples = asyncio.run(collect(settings, settings.topic_triples, 10**9, timeout=3,
-                                      key=lambda t: f"{t['head']['id']}>{t['tail']['id']}"
-                                      if t.get("rel") == "NEXT" else ""))
-        counts = {tuple(k.split(">")): records[-1]["props"]["count"] for k, records in triples.items() if k}
-        errors = sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
-        if not errors or time.monotonic() > deadline:
-            return errors
+    """Item pairs whose last NEXT count differs from the clicks in a row, or that should not have one."""
+    counts, expected = next_counts(settings, sessions, timeout)
+    return sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
 
 
 def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
@@ -92,7 +60,7 @@ def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[lis
     settings = isolated_settings(base)
     asyncio.run(ensure_topics(settings))
     events = list(session_events(sessions, run=name))
-    expected = expected_answers(scorer, sessions, events)
+    expected = expected_recommendations(scorer, sessions, name)
     published, answered = rng.choice([0.3, 0.5, 0.7]), rng.choice([0.02, 0.1, 0.25, 0.5, 0.9])
     first = int(len(events) * published)
     app_id = f"{settings.topic_events}-w"
@@ -117,7 +85,7 @@ def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[lis
         "round": name, "events": len(events), "published": published, "answered": answered,
         "missing": len(set(expected) - set(got)), "recovered_s": recovered_s,
         "duplicates": sum(len(records) - 1 for records in got.values()),
-        "mismatches": mismatches(got, expected), "count_errors": count_errors, "uncommitted": behind,
+        "mismatches": len(mismatched(got, expected)), "count_errors": count_errors, "uncommitted": behind,
     }
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
-import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,15 @@ from streams.evaluate_stream import ab_test, stream_metrics
 from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
-from tests.integration.worker_harness import WorkerProcess, collect, isolated_settings, uncommitted
+from tests.integration.worker_harness import (
+    WorkerProcess,
+    collect,
+    expected_recommendations,
+    isolated_settings,
+    mismatched,
+    next_counts,
+    uncommitted,
+)
 
 pytestmark = pytest.mark.integration
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
@@ -30,33 +35,11 @@ def diginetica_sessions(n: int, skip: int = 0) -> list[list[int]]:
     return cases_to_sessions(read_test_tsv(DIGINETICA_TEST))[skip : skip + n]
 
 
-def expected_recommendations(scorer, sessions: list[list[int]], run: str) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Offline: the Scorer on every prefix, keyed by the event id replay gives that click."""
-    events = list(session_events(sessions, run=run))
-    prefixes = [s[: i + 1] for s in sessions for i in range(len(s))]
-    expected = {}
-    for begin in range(0, len(prefixes), 256):
-        chunk = prefixes[begin : begin + 256]
-        known = [[int(x) for x in scorer.index_of([str(i) for i in p]) if x] for p in chunk]
-        top, scores = scorer.recommend_sessions(known)
-        for row, event in enumerate(events[begin : begin + 256]):
-            expected[event["event_id"]] = ([str(x) for x in scorer.external_ids(top[row])], scores[row])
-    return expected
-
-
-def assert_same_recommendations(got: dict[str, list[dict]], expected: dict, tolerance: float = 1e-4) -> None:
+def assert_same_recommendations(got: dict[str, list[dict]], expected: dict) -> None:
     missing = set(expected) - set(got)
     assert not missing, f"{len(missing)} events without a recommendation, e.g. {sorted(missing)[:3]}"
-    for event_id, (items, scores) in expected.items():
-        for record in got[event_id]:
-            np.testing.assert_allclose(record["scores"], scores, atol=tolerance, err_msg=event_id)
-            if record["items"] != items:
-                mismatch = [i for i, (a, b) in enumerate(zip(record["items"], items, strict=True)) if a != b]
-                assert all(
-                    abs(scores[i] - scores[i - 1]) < tolerance
-                    or abs(scores[i] - scores[min(i + 1, len(scores) - 1)]) < tolerance
-                    for i in mismatch
-                ), f"{event_id}: {record['items']} != {items}"
+    bad = mismatched(got, expected)
+    assert not bad, f"{len(bad)} recommendations differ from the offline Scorer, e.g. {bad[:3]}"
 
 
 def assert_valid(role: str, messages: list[dict]) -> None:
@@ -94,17 +77,8 @@ def assert_interests_served(iso: Settings, scorer, sessions: list[list[int]], ru
 
 def assert_next_counts(iso: Settings, sessions: list[list[int]], timeout: float = 90.0) -> None:
     """The last NEXT fact of each item pair carries the number of times that pair was clicked in a row:
-    every transition counted, none twice (re-deliveries included). Polls while the worker runs: the counts
-    trail the recommendations by one hop through the transitions topic."""
-    expected = dict(Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s)))
-    deadline = time.monotonic() + timeout
-    while True:
-        triples = asyncio.run(collect(iso, iso.topic_triples, 10**9, timeout=3,
-                                      key=lambda t: f"{t['head']['id']}|{t.get('rel')}|{t['tail']['id']}"
-                                      if t.get("rel") == "NEXT" else ""))
-        counts = {tuple(k.split("|NEXT|")): records[-1]["props"]["count"] for k, records in triples.items() if k}
-        if counts == expected or time.monotonic() > deadline:
-            break
+    every transition counted, none twice (re-deliveries included)."""
+    counts, expected = next_counts(iso, sessions, timeout)
     assert counts == expected
 
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.replay import session_events
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,3 +168,48 @@ def uncommitted(settings: Settings, group: str, timeout: float) -> int:
     while (left := asyncio.run(behind())) and time.monotonic() < deadline:
         time.sleep(1)
     return left
+
+
+def expected_recommendations(scorer, sessions: list[list[int]], run: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Offline: the Scorer's top-K items and scores on every prefix, keyed by the event id replay gives its click."""
+    events = list(session_events(sessions, run=run))
+    prefixes = [s[: i + 1] for s in sessions for i in range(len(s))]
+    expected = {}
+    for begin in range(0, len(prefixes), 256):
+        chunk = prefixes[begin : begin + 256]
+        known = [[int(x) for x in scorer.index_of([str(i) for i in p]) if x] for p in chunk]
+        top, scores = scorer.recommend_sessions(known)
+        for row, event in enumerate(events[begin : begin + 256]):
+            expected[event["event_id"]] = ([str(x) for x in scorer.external_ids(top[row])], scores[row])
+    return expected
+
+
+def mismatched(got: dict[str, list[dict]], expected: dict, tolerance: float = 1e-4) -> list[str]:
+    """Event ids with a recommendation (re-emitted ones included) whose scores differ from the offline answer by
+    more than ``tolerance``, or whose items differ other than by swapping items whose scores tie."""
+    bad = []
+    for event_id, (items, scores) in expected.items():
+        for record in got.get(event_id, []):
+            if not np.allclose(record["scores"], scores, atol=tolerance):
+                bad.append(event_id)
+            elif record["items"] != items:
+                swapped = [i for i, (a, b) in enumerate(zip(record["items"], items, strict=True)) if a != b]
+                if not all(abs(scores[i] - scores[i - 1]) < tolerance
+                           or abs(scores[i] - scores[min(i + 1, len(scores) - 1)]) < tolerance for i in swapped):
+                    bad.append(event_id)
+    return bad
+
+
+def next_counts(settings: Settings, sessions: list[list[int]], timeout: float) -> tuple[dict, dict]:
+    """The last NEXT count of each item pair on the triples topic, and the count it should have (the number of
+    times the pair was clicked in a row in ``sessions``). Polls until they agree or ``timeout``: the counts trail
+    the recommendations by one hop through the transitions topic."""
+    expected = dict(Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s)))
+    deadline = time.monotonic() + timeout
+    while True:
+        triples = asyncio.run(collect(settings, settings.topic_triples, 10**9, timeout=3,
+                                      key=lambda t: f"{t['head']['id']}>{t['tail']['id']}"
+                                      if t.get("rel") == "NEXT" else ""))
+        counts = {tuple(k.split(">")): records[-1]["props"]["count"] for k, records in triples.items() if k}
+        if counts == expected or time.monotonic() > deadline:
+            return counts, expected
