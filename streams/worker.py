@@ -365,10 +365,10 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 if highwater is not None:
                     lags[tp.partition] = max(highwater - processed.get(tp.partition, -1) - 1, 0)
                     metrics.LAG.labels(partition=str(tp.partition)).set(lags[tp.partition])
-        log.info("stats", extra={"fields": {**metrics.totals(), "lag": sum(lags.values()),
-                                            "partitions": sorted(lags)}})
-        if stall.stalled(processed, sum(lags.values()), time.monotonic()):
-            log.warning("no event taken for %.0f s while %d wait", STALL_S, sum(lags.values()),
+        lag = sum(lags.values())
+        log.info("stats", extra={"fields": {**metrics.totals(), "lag": lag, "partitions": sorted(lags)}})
+        if stall.stalled(processed, lag, time.monotonic()):
+            log.warning("no event taken for %.0f s while %d wait", STALL_S, lag,
                         extra={"fields": {**stall_report(app, pipeline), "lag_per_partition": lags}})
 
     faust_fixes.install(app)
