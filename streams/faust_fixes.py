@@ -20,12 +20,31 @@ Both were found reading faust's source; the second also by ``bench/bench_crash.p
    commits stopped at the first one. :func:`hold_flow_while_streams_resume` suspends flow control whenever
    faust resumes stream (not changelog) partitions, so events fetched in that window wait in faust's
    conductor instead of in a queue, and move on when faust resumes the flow.
+
+3. **Records of paused partitions are fetched and dropped.** faust hands its *live* set of active partitions
+   to aiokafka's ``fetched_records``, which runs in the consumer thread and waits up to a second for records.
+   A rebalance pauses partitions meanwhile by emptying that same set in place, and aiokafka reads an empty set
+   as "every partition": it returns the buffered records of the paused stream partitions too, advances their
+   positions, and faust drops them as not active. faust's seek to the committed offsets when recovery
+   completes would undo that, but (4) it does not move a partition that has no committed offset.
+   :func:`snapshot_active_partitions` hands aiokafka a copy, so it returns records only of partitions active
+   when the fetch began.
+
+4. **A partition with no committed offset is not sought back.** When recovery completes faust seeks every
+   partition to its committed offset; aiokafka skips a partition without one (or with offset 0), leaving it
+   wherever earlier fetches took it. A worker that takes over such partitions (a new group, or one whose
+   previous owner never committed: faust also discards a revoked partition's acknowledgements *before* its
+   commit on revocation) then skips whatever (3) dropped, for good: a second worker joining a running group
+   took no event on its new partitions. :func:`seek_uncommitted_to_start` seeks those stream partitions to
+   their first offset instead, which is what ``auto_offset_reset="earliest"`` promises; the events read again
+   are recognised by the worker's per-user offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,11 +52,15 @@ import faust
 
 FLUSH_POLL_S = 0.1
 
+log = logging.getLogger("igrec.faust_fixes")
+
 
 def install(app: faust.App) -> None:
-    """Apply both fixes to ``app`` (before it starts)."""
+    """Apply the fixes to ``app`` (before it starts)."""
     flush_whole_buffer(app.producer.buffer)
     hold_flow_while_streams_resume(app)
+    snapshot_active_partitions(app.consumer)
+    seek_uncommitted_to_start(app)
 
 
 def flush_whole_buffer(buffer: Any) -> None:
@@ -84,3 +107,36 @@ def hold_flow_while_streams_resume(app: faust.App) -> None:
         resume_partitions(tps)
 
     consumer.resume_partitions = resume
+
+
+def snapshot_active_partitions(consumer: Any) -> None:
+    """Hand the fetch a copy of faust's active partitions instead of the set that rebalances change in place."""
+    getmany = consumer._getmany
+
+    async def snapshot_getmany(active_partitions: set | None, timeout: float) -> Any:
+        frozen = None if active_partitions is None else set(active_partitions)
+        return await getmany(active_partitions=frozen, timeout=timeout)
+
+    consumer._getmany = snapshot_getmany
+
+
+def seek_uncommitted_to_start(app: faust.App) -> None:
+    """After faust's seek to the committed offsets, seek the stream partitions that have none to their first
+    offset (only under ``auto_offset_reset="earliest"``; changelog partitions keep the positions faust's
+    recovery gives them)."""
+    if app.conf.consumer_auto_offset_reset != "earliest":
+        return
+    consumer = app.consumer
+    seek_to_committed = consumer.seek_to_committed
+
+    async def seek_to_committed_or_start() -> Any:
+        committed = await seek_to_committed()
+        changelogs = app.tables.changelog_topics
+        uncommitted = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+        if uncommitted:
+            log.info("seeking %d partitions without a committed offset to their start", len(uncommitted),
+                     extra={"fields": {"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in uncommitted)}})
+            await consumer._thread.seek_to_beginning(*uncommitted)
+        return committed
+
+    consumer.seek_to_committed = seek_to_committed_or_start

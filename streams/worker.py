@@ -416,12 +416,37 @@ def stall_report(app: faust.App, pipeline: dict[str, asyncio.Queue]) -> dict[str
         "paused": tps("_paused_partitions"),
         "buffer_full": tps("_buffered_partitions"),
         "flow_active": getattr(consumer, "flow_active", None),
+        "flow_control_active": app.flow_control.is_active(),
         "in_recovery": getattr(app, "in_recovery", None),
         "rebalancing": getattr(app, "rebalancing", None),
         "unacked": len(getattr(consumer, "_unacked_messages", ())),
+        "read_offsets": {f"{tp.topic}:{tp.partition}": offset
+                         for tp, offset in getattr(consumer, "_read_offset", {}).items()},
+        "fetch_state": _fetch_state(consumer),
         "queues": {name: queue.qsize() for name, queue in pipeline.items()},
         "agents": app.agents.human_tracebacks(),
     }
+
+
+def _fetch_state(consumer: Any) -> dict[str, dict[str, Any]] | None:
+    """Per assigned partition, what aiokafka's fetcher holds: its fetch position (None while awaiting a reset),
+    whether aiokafka pauses it, and whether fetched records wait in its buffer. None where faust's consumer has
+    no aiokafka consumer (another driver, or not started)."""
+    aiokafka = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    assignment = getattr(getattr(getattr(aiokafka, "_subscription", None), "subscription", None), "assignment", None)
+    if assignment is None:
+        return None
+    buffered = getattr(aiokafka._fetcher, "_records", {})
+    state = {}
+    for tp in sorted(assignment.tps):
+        value = assignment.state_value(tp)
+        state[f"{tp.topic}:{tp.partition}"] = {
+            "position": value._position,
+            "awaiting_reset": value.awaiting_reset,
+            "paused": value.paused,
+            "buffered": type(buffered[tp]).__name__ if tp in buffered else None,
+        }
+    return state
 
 
 def _dlq_text(raw: bytes | None) -> str | None:

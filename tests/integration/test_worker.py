@@ -157,10 +157,12 @@ def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefac
         second.start()
         asyncio.run(publish(iso, iso.topic_events, events[len(events) // 3 :]))
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[first, second]))
+        behind = uncommitted(iso, app_id, timeout=50)
     finally:
         first.stop()
         second.stop()
     assert_same_recommendations(got, expected)
+    assert behind == 0, f"{behind} events never acknowledged: the group's commits stop short of the topic's end"
 
 
 def _without(event: dict, field: str) -> dict:

@@ -1,17 +1,27 @@
-"""streams.faust_fixes: the flush before a commit waits for every queued changelog message, and events fetched
-while a rebalance ends are not dropped. Each fix is shown against faust's (mode's) own classes, next to the loss it
-prevents, so a faust release that changes either behaviour fails here."""
+"""streams.faust_fixes: the flush before a commit waits for every queued changelog message; events fetched while a
+rebalance ends are not dropped; a fetch returns records only of the partitions active when it began; stream
+partitions without a committed offset are sought to their start. Each fix is shown against faust's, mode's or
+aiokafka's own code, next to the loss it prevents, so a release that changes the behaviour fails here."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.fetcher import Fetcher, FetchResult
+from aiokafka.structs import TopicPartition
+from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from streams.faust_fixes import flush_whole_buffer, hold_flow_while_streams_resume
+from streams.faust_fixes import (
+    flush_whole_buffer,
+    hold_flow_while_streams_resume,
+    seek_uncommitted_to_start,
+    snapshot_active_partitions,
+)
 
 SEND_S = 0.25
 """Longer than faust's 0.1 s patience: a Kafka producer waiting for a full batch to be sent."""
@@ -123,3 +133,131 @@ def test_resuming_only_changelog_partitions_leaves_the_flow_alone() -> None:
     hold_flow_while_streams_resume(app)
     app.consumer.resume_partitions([TP("w-users-changelog", 1)])
     assert flow.is_active()
+
+
+EVENTS_0 = TopicPartition("events", 0)
+CHANGELOG_0 = TopicPartition("w-users-changelog", 0)
+
+
+class PartitionState:
+    """What aiokafka's FetchResult reads of a partition's subscription state: not paused, and a position."""
+
+    def __init__(self, position: int) -> None:
+        self.paused = False
+        self.position = position
+
+    def consumed_to(self, offset: int) -> None:
+        self.position = offset
+
+
+class Records:
+    """aiokafka's partition records: an iterator of messages that tracks the next offset to fetch."""
+
+    def __init__(self, offsets: range) -> None:
+        self._offsets = iter(offsets)
+        self.next_fetch_offset = offsets.start
+
+    def __iter__(self) -> Records:
+        return self
+
+    def __next__(self) -> SimpleNamespace:
+        offset = next(self._offsets)
+        self.next_fetch_offset = offset + 1
+        return SimpleNamespace(offset=offset)
+
+
+def _fetcher_holding_events() -> tuple[SimpleNamespace, PartitionState]:
+    """An aiokafka fetcher (its attributes that ``Fetcher.fetched_records`` reads) whose buffer holds offsets
+    0-4 of the events partition: aiokafka prefetches every assigned partition that aiokafka itself has not
+    paused, and faust pauses partitions only in its own bookkeeping."""
+    state = PartitionState(position=0)
+    assignment = SimpleNamespace(active=True, state_value=lambda tp: state)
+    records = {EVENTS_0: FetchResult(EVENTS_0, assignment=assignment, partition_records=Records(range(5)), backoff=0)}
+    fetcher = SimpleNamespace(
+        _subscriptions=SimpleNamespace(reassignment_in_progress=False, is_assigned=lambda tp: True),
+        _records=records, _notify=lambda future: None, _wait_consume_future=None)
+    return fetcher, state
+
+
+async def _fetch_while_a_rebalance_pauses(fixed: bool) -> tuple[dict, int]:
+    """faust fetches with one active (changelog) partition; while the fetch waits in the consumer thread, a
+    rebalance pauses that partition (faust's own ``pause_partitions``); then aiokafka drains its buffer."""
+    fetcher, state = _fetcher_holding_events()
+    active = {CHANGELOG_0}
+    faust_consumer = SimpleNamespace(_get_active_partitions=lambda: active, _paused_partitions=set())
+    paused = asyncio.Event()
+
+    async def thread_getmany(active_partitions: set, timeout: float) -> dict:
+        await paused.wait()
+        return await Fetcher.fetched_records(fetcher, active_partitions, timeout=0)
+
+    faust_consumer._getmany = thread_getmany
+    if fixed:
+        snapshot_active_partitions(faust_consumer)
+    fetching = asyncio.ensure_future(faust_consumer._getmany(active_partitions=active, timeout=1.0))
+    await asyncio.sleep(0)
+    Consumer.pause_partitions(faust_consumer, [CHANGELOG_0])
+    paused.set()
+    return await fetching, state.position
+
+
+def test_a_fetch_returns_records_of_partitions_paused_while_it_waits() -> None:
+    """Why the fix exists: the rebalance emptied faust's set in place, aiokafka read the empty set as "every
+    partition", and the paused events partition's records come back (faust drops them) with its position moved
+    past them. If either library changes this, this fails and the fix can go."""
+    records, position = asyncio.run(_fetch_while_a_rebalance_pauses(fixed=False))
+    assert [m.offset for m in records[EVENTS_0]] == [0, 1, 2, 3, 4]
+    assert position == 5
+
+
+def test_with_the_snapshot_the_fetch_leaves_the_paused_partitions_records_alone() -> None:
+    records, position = asyncio.run(_fetch_while_a_rebalance_pauses(fixed=True))
+    assert records == {}
+    assert position == 0
+
+
+def test_aiokafka_does_not_seek_a_partition_without_a_committed_offset() -> None:
+    """Why the second fix exists: ``seek_to_committed`` moves only partitions with a committed offset above 0."""
+    committed = {EVENTS_0: None, TopicPartition("events", 1): 0, TopicPartition("events", 2): 7}
+    seeks: list = []
+
+    async def committed_offset(tp: TopicPartition) -> int | None:
+        return committed[tp]
+
+    consumer = SimpleNamespace(
+        _subscription=SimpleNamespace(assigned_partitions=lambda: set(committed)),
+        committed=committed_offset,
+        _fetcher=SimpleNamespace(seek_to=lambda tp, offset: seeks.append((tp.partition, offset))))
+    assert asyncio.run(AIOKafkaConsumer.seek_to_committed(consumer)) == committed
+    assert seeks == [(2, 7)]
+
+
+def _app_seeking(committed: dict, reset: str) -> tuple[SimpleNamespace, list]:
+    sought: list = []
+
+    async def seek_to_committed() -> dict:
+        return committed
+
+    async def seek_to_beginning(*tps: TopicPartition) -> None:
+        sought.extend(tps)
+
+    app = SimpleNamespace(
+        conf=SimpleNamespace(consumer_auto_offset_reset=reset),
+        tables=SimpleNamespace(changelog_topics={CHANGELOG_0.topic}),
+        consumer=SimpleNamespace(seek_to_committed=seek_to_committed,
+                                 _thread=SimpleNamespace(seek_to_beginning=seek_to_beginning)))
+    seek_uncommitted_to_start(app)
+    return app, sought
+
+
+def test_stream_partitions_without_a_committed_offset_are_sought_to_their_start() -> None:
+    committed = {EVENTS_0: None, TopicPartition("events", 1): 0, TopicPartition("events", 2): 7, CHANGELOG_0: None}
+    app, sought = _app_seeking(committed, reset="earliest")
+    assert asyncio.run(app.consumer.seek_to_committed()) == committed, "faust still sees what was committed"
+    assert set(sought) == {EVENTS_0, TopicPartition("events", 1)}, "changelogs keep the positions recovery gave"
+
+
+def test_without_earliest_reset_nothing_is_sought() -> None:
+    app, sought = _app_seeking({EVENTS_0: None}, reset="latest")
+    asyncio.run(app.consumer.seek_to_committed())
+    assert sought == []
