@@ -38,6 +38,12 @@ Both were found reading faust's source; the second also by ``bench/bench_crash.p
    took no event on its new partitions. :func:`seek_uncommitted_to_start` seeks those stream partitions to
    their first offset instead, which is what ``auto_offset_reset="earliest"`` promises; the events read again
    are recognised by the worker's per-user offsets.
+
+5. **A revoked partition's progress is thrown away.** On revocation faust's consumer discards the revoked
+   partitions' acknowledgements first and commits afterwards, so the commit it makes then has nothing to
+   commit: whatever the worker finished since the last periodic commit (every 2.8 s) is read and answered
+   again by the partition's next owner, at every rebalance. :func:`commit_before_revoke` commits the
+   acknowledged offsets before faust discards them.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ def install(app: faust.App) -> None:
     hold_flow_while_streams_resume(app)
     snapshot_active_partitions(app.consumer)
     seek_uncommitted_to_start(app)
+    commit_before_revoke(app.consumer)
 
 
 def flush_whole_buffer(buffer: Any) -> None:
@@ -140,3 +147,15 @@ def seek_uncommitted_to_start(app: faust.App) -> None:
         return committed
 
     consumer.seek_to_committed = seek_to_committed_or_start
+
+
+def commit_before_revoke(consumer: Any) -> None:
+    """Commit what is acknowledged when partitions are revoked, before faust's consumer discards it."""
+    on_partitions_revoked = consumer.on_partitions_revoked
+
+    async def commit_then_revoke(revoked: set) -> None:
+        if consumer.assignment():
+            await consumer.commit()
+        await on_partitions_revoked(revoked)
+
+    consumer.on_partitions_revoked = commit_then_revoke

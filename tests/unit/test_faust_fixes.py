@@ -1,11 +1,13 @@
 """streams.faust_fixes: the flush before a commit waits for every queued changelog message; events fetched while a
 rebalance ends are not dropped; a fetch returns records only of the partitions active when it began; stream
-partitions without a committed offset are sought to their start. Each fix is shown against faust's, mode's or
-aiokafka's own code, next to the loss it prevents, so a release that changes the behaviour fails here."""
+partitions without a committed offset are sought to their start; revocation commits what was acknowledged.
+Each fix is shown against faust's, mode's or aiokafka's own code, next to the loss it prevents, so a release
+that changes the behaviour fails here."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 
 from aiokafka import AIOKafkaConsumer
@@ -17,6 +19,7 @@ from faust.types import TP
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from streams.faust_fixes import (
+    commit_before_revoke,
     flush_whole_buffer,
     hold_flow_while_streams_resume,
     seek_uncommitted_to_start,
@@ -261,3 +264,41 @@ def test_without_earliest_reset_nothing_is_sought() -> None:
     app, sought = _app_seeking({EVENTS_0: None}, reset="latest")
     asyncio.run(app.consumer.seek_to_committed())
     assert sought == []
+
+
+def _consumer_with_acks() -> tuple[SimpleNamespace, list[dict]]:
+    """The attributes faust's ``Consumer.on_partitions_revoked`` reads, with offsets 5-7 of the events
+    partition acknowledged but not committed; its app-level handler commits, as faust's does."""
+    commits: list[dict] = []
+    tp = TP("events", 0)
+    consumer = SimpleNamespace(
+        diag=SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None),
+        app=SimpleNamespace(_start_span_from_rebalancing=lambda name: contextlib.nullcontext()),
+        _active_partitions={tp}, _paused_partitions=set(), _gap={}, _acked={tp: [5, 6, 7]},
+        _acked_index={tp: {5, 6, 7}}, _read_offset={tp: 7}, _committed_offset={tp: 5},
+        assignment=lambda: {tp})
+
+    async def commit() -> None:
+        commits.append({tp: list(offsets) for tp, offsets in consumer._acked.items() if offsets})
+
+    async def app_on_partitions_revoked(revoked: set) -> None:
+        await commit()
+
+    consumer.commit = commit
+    consumer._on_partitions_revoked = app_on_partitions_revoked
+    consumer.on_partitions_revoked = lambda revoked: Consumer.on_partitions_revoked(consumer, revoked)
+    return consumer, commits
+
+
+def test_faust_discards_acknowledgements_before_its_commit_on_revocation() -> None:
+    """Why the fix exists: if faust's revocation commit ever sees the acknowledgements, this fails."""
+    consumer, commits = _consumer_with_acks()
+    asyncio.run(consumer.on_partitions_revoked({TP("events", 0)}))
+    assert commits == [{}]
+
+
+def test_with_the_fix_the_acknowledged_offsets_are_committed_first() -> None:
+    consumer, commits = _consumer_with_acks()
+    commit_before_revoke(consumer)
+    asyncio.run(consumer.on_partitions_revoked({TP("events", 0)}))
+    assert commits == [{TP("events", 0): [5, 6, 7]}, {}]
