@@ -1,7 +1,8 @@
-"""Crash recovery, round after round: kill -9 the worker at a random moment mid-stream, restart it with an empty
-local state folder, and check that nothing was lost.
+"""Crash recovery and scale-out, round after round: kill -9 the worker at a random moment mid-stream and restart it
+with an empty local state folder (``--disruption kill9``), or start a second worker in the group at a random
+moment while events keep arriving (``--disruption join``); then check that nothing was lost.
 
-Each round uses fresh topics and a fresh consumer group:
+Each kill -9 round uses fresh topics and a fresh consumer group:
 
 1. a worker starts; a random share (30, 50 or 70 %) of the events of ``--sessions`` Diginetica test sessions is
    published;
@@ -13,9 +14,15 @@ Each round uses fresh topics and a fresh consumer group:
    times the pair was clicked in a row (none lost, none counted twice), and the consumer group's committed
    offsets must reach the end of the events topic (a worker that cannot commit never acknowledged an event).
 
-Prints one row per round (kill point, seconds from the restart to the last answer, re-emitted duplicates,
-mismatches, events left uncommitted) and a summary; exits 1 if any round lost or changed anything. Needs the local stack
-(``igrec stack up``; ``IGREC_*`` variables choose which one) and ``../shared/data/diginetica``.
+A join round also uses fresh topics and group: a worker starts, the events are published at ``--rate`` per
+second, a second worker (its own empty folder) is started after a random 2-12 s, and both must then answer
+every event with the same three checks. The re-emitted count shows what the rebalance made the workers do
+twice (at-least-once allows it; each one is an answer sent again under the same event id).
+
+Prints one row per round (the disruption point, seconds from the restart or the join to the last answer,
+re-emitted duplicates, mismatches, events left uncommitted) and a summary; exits 1 if any round lost or changed
+anything. Needs the local stack (``igrec stack up``; ``IGREC_*`` variables choose which one) and
+``../shared/data/diginetica``.
 """
 
 from __future__ import annotations
@@ -55,8 +62,8 @@ def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: fl
     return sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
 
 
-def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
-              workdir: Path, name: str) -> dict:
+def kill_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
+               workdir: Path, name: str, rate: float | None) -> dict:
     settings = isolated_settings(base)
     asyncio.run(ensure_topics(settings))
     events = list(session_events(sessions, run=name))
@@ -81,19 +88,64 @@ def one_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[lis
         behind = uncommitted(settings, app_id, timeout=30)
     finally:
         worker.stop()
+    return outcome(events, expected, got, f"{published:.0%} / {answered:.0%}", recovered_s, count_errors, behind)
+
+
+def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
+               workdir: Path, name: str, rate: float | None) -> dict:
+    settings = isolated_settings(base)
+    asyncio.run(ensure_topics(settings))
+    events = list(session_events(sessions, run=name))
+    expected = expected_recommendations(scorer, sessions, name)
+    join_s = 2 + 10 * rng.random()
+    app_id = f"{settings.topic_events}-w"
+    first = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()
+    second = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="joining")
+
+    async def publish_and_join() -> float:
+        publishing = asyncio.ensure_future(publish(settings, settings.topic_events, events, rate=rate))
+        await asyncio.sleep(join_s)
+        second.start()
+        joined = time.monotonic()
+        await publishing
+        return joined
+
+    try:
+        joined = asyncio.run(publish_and_join())
+        got = asyncio.run(collect(settings, settings.topic_recommendations, len(events), timeout=300,
+                                  watch=[first, second]))
+        answered_s = time.monotonic() - joined
+        count_errors = next_count_errors(settings, sessions, timeout=60)
+        behind = uncommitted(settings, app_id, timeout=30)
+    finally:
+        first.stop()
+        second.stop()
+    return outcome(events, expected, got, f"join at {join_s:.1f} s", answered_s, count_errors, behind)
+
+
+def outcome(events: list[dict], expected: dict, got: dict, at: str, recovered_s: float, count_errors: int,
+            behind: int) -> dict:
     return {
-        "round": name, "events": len(events), "published": published, "answered": answered,
-        "missing": len(set(expected) - set(got)), "recovered_s": recovered_s,
+        "events": len(events), "at": at, "missing": len(set(expected) - set(got)), "recovered_s": recovered_s,
         "duplicates": sum(len(records) - 1 for records in got.values()),
         "mismatches": len(mismatched(got, expected)), "count_errors": count_errors, "uncommitted": behind,
     }
 
 
+ROUNDS = {"kill9": kill_round, "join": join_round}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
-    parser.add_argument("--rounds", type=int, default=10, help="kill -9 rounds (default 10)")
-    parser.add_argument("--sessions", type=int, default=300, help="Diginetica test sessions per round")
+    parser.add_argument("--disruption", choices=sorted(ROUNDS), default="kill9",
+                        help="kill9: kill the worker and restart it; join: a second worker joins (default kill9)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
+    parser.add_argument("--sessions", type=int, default=300,
+                        help="Diginetica test sessions per round (default 300, about 1,400 events)")
+    parser.add_argument("--rate", type=float, default=250.0,
+                        help="events per second published in a join round (default 250; kill -9 rounds publish "
+                             "at once)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and the sessions drawn")
     parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here")
     args = parser.parse_args()
@@ -104,21 +156,24 @@ def main() -> int:
     all_sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix="igrec-crash-"))
-    header = f"{'round':>5} {'events':>6} {'published':>9} {'answered':>8} {'missing':>7} {'restart->all s':>14} " \
+    since = "restart" if args.disruption == "kill9" else "join"
+    header = f"{'round':>5} {'events':>6} {'published / answered' if since == 'restart' else 'join':>20} " \
+             f"{'missing':>7} {since + '->all s':>14} " \
              f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11}"
     print(header, flush=True)
     rows = []
     for r in range(args.rounds):
         skip = rng.randrange(0, len(all_sessions) - args.sessions)
-        row = one_round(base, scorer, args.artefact, all_sessions[skip : skip + args.sessions], rng, root / f"r{r}",
-                        f"crash{args.seed}-{r}")
+        row = ROUNDS[args.disruption](base, scorer, args.artefact, all_sessions[skip : skip + args.sessions], rng,
+                                      root / f"r{r}", f"{args.disruption}{args.seed}-{r}",
+                                      args.rate if args.disruption == "join" else None)
         rows.append(row)
-        print(f"{r:>5} {row['events']:>6} {row['published']:>9.0%} {row['answered']:>8.0%} {row['missing']:>7} "
+        print(f"{r:>5} {row['events']:>6} {row['at']:>20} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "
               f"{row['count_errors']:>12} {row['uncommitted']:>11}", flush=True)
     failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"] or r["uncommitted"]]
     times = sorted(r["recovered_s"] for r in rows)
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} rounds lost nothing and changed nothing; restart -> last "
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} rounds lost nothing and changed nothing; {since} -> last "
           f"answer median {times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s; logs under {root}")
     return 1 if failed else 0
 
