@@ -64,10 +64,7 @@ def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: fl
 
 def kill_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
                workdir: Path, name: str, rate: float | None) -> dict:
-    settings = isolated_settings(base)
-    asyncio.run(ensure_topics(settings))
-    events = list(session_events(sessions, run=name))
-    expected = expected_recommendations(scorer, sessions, name)
+    settings, events, expected = prepare(base, scorer, sessions, name)
     published, answered = rng.choice([0.3, 0.5, 0.7]), rng.choice([0.02, 0.1, 0.25, 0.5, 0.9])
     first = int(len(events) * published)
     app_id = f"{settings.topic_events}-w"
@@ -80,23 +77,15 @@ def kill_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[li
         worker.kill9()
         asyncio.run(publish(settings, settings.topic_events, events[first:]))
         worker = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="restarted").start()
-        began = time.monotonic()
-        got = asyncio.run(collect(settings, settings.topic_recommendations, len(events), timeout=300,
-                                  watch=[worker]))
-        recovered_s = time.monotonic() - began
-        count_errors = next_count_errors(settings, sessions, timeout=60)
-        behind = uncommitted(settings, app_id, timeout=30)
+        return settle(settings, app_id, sessions, expected, time.monotonic(), [worker],
+                      f"{published:.0%} / {answered:.0%}")
     finally:
         worker.stop()
-    return outcome(events, expected, got, f"{published:.0%} / {answered:.0%}", recovered_s, count_errors, behind)
 
 
 def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
                workdir: Path, name: str, rate: float | None) -> dict:
-    settings = isolated_settings(base)
-    asyncio.run(ensure_topics(settings))
-    events = list(session_events(sessions, run=name))
-    expected = expected_recommendations(scorer, sessions, name)
+    settings, events, expected = prepare(base, scorer, sessions, name)
     join_s = 2 + 10 * rng.random()
     app_id = f"{settings.topic_events}-w"
     first = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()
@@ -112,23 +101,29 @@ def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[li
 
     try:
         joined = asyncio.run(publish_and_join())
-        got = asyncio.run(collect(settings, settings.topic_recommendations, len(events), timeout=300,
-                                  watch=[first, second]))
-        answered_s = time.monotonic() - joined
-        count_errors = next_count_errors(settings, sessions, timeout=60)
-        behind = uncommitted(settings, app_id, timeout=30)
+        return settle(settings, app_id, sessions, expected, joined, [first, second], f"join at {join_s:.1f} s")
     finally:
         first.stop()
         second.stop()
-    return outcome(events, expected, got, f"join at {join_s:.1f} s", answered_s, count_errors, behind)
 
 
-def outcome(events: list[dict], expected: dict, got: dict, at: str, recovered_s: float, count_errors: int,
-            behind: int) -> dict:
+def prepare(base: Settings, scorer: Scorer, sessions: list[list[int]], name: str) -> tuple[Settings, list, dict]:
+    """A round's fresh topics, its events and the offline answers."""
+    settings = isolated_settings(base)
+    asyncio.run(ensure_topics(settings))
+    return settings, list(session_events(sessions, run=name)), expected_recommendations(scorer, sessions, name)
+
+
+def settle(settings: Settings, app_id: str, sessions: list[list[int]], expected: dict, since: float,
+           workers: list[WorkerProcess], at: str) -> dict:
+    """Wait for every answer, then check them, the NEXT counts and the group's commits."""
+    got = asyncio.run(collect(settings, settings.topic_recommendations, len(expected), timeout=300, watch=workers))
     return {
-        "events": len(events), "at": at, "missing": len(set(expected) - set(got)), "recovered_s": recovered_s,
-        "duplicates": sum(len(records) - 1 for records in got.values()),
-        "mismatches": len(mismatched(got, expected)), "count_errors": count_errors, "uncommitted": behind,
+        "events": len(expected), "at": at, "missing": len(set(expected) - set(got)),
+        "recovered_s": time.monotonic() - since, "duplicates": sum(len(records) - 1 for records in got.values()),
+        "mismatches": len(mismatched(got, expected)),
+        "count_errors": next_count_errors(settings, sessions, timeout=60),
+        "uncommitted": uncommitted(settings, app_id, timeout=30),
     }
 
 
