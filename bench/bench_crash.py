@@ -38,12 +38,7 @@ from pathlib import Path
 from deploy import stack
 from export.scorer import Scorer
 from model.data import read_test_tsv
-from streams.replay import cases_to_sessions, publish, session_events
-from streams.settings import ROOT, Settings
-from streams.topics import ensure_topics
-
-sys.path.insert(0, str(ROOT))  # the worker harness of the integration tests: one way to run and watch workers
-from tests.integration.worker_harness import (
+from streams.harness import (
     WorkerProcess,
     collect,
     expected_recommendations,
@@ -52,6 +47,9 @@ from tests.integration.worker_harness import (
     next_counts,
     uncommitted,
 )
+from streams.replay import cases_to_sessions, publish, session_events
+from streams.settings import ROOT, Settings
+from streams.topics import ensure_topics
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 

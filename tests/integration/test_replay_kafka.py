@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from model.data import read_diginetica_clicks
+from streams.harness import collect
 from streams.replay import copy_range, publish, raw_events
 from streams.settings import ROOT, Settings
 from streams.topics import default_partition, ensure_topics
-from tests.integration.worker_harness import collect
 
 pytestmark = pytest.mark.integration
 RAW = ROOT.parent / "shared" / "data" / "diginetica" / "raw_sample" / "sample_train-item-views.csv"

@@ -14,10 +14,7 @@ from jsonschema import Draft202012Validator
 from model.data import read_test_tsv, sessions_to_cases
 from model.metrics import metrics_from_ranks, ranks_from_top_k
 from streams.evaluate_stream import ab_test, stream_metrics
-from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
-from streams.settings import ROOT, Settings
-from streams.topics import ensure_topics
-from tests.integration.worker_harness import (
+from streams.harness import (
     WorkerProcess,
     collect,
     expected_recommendations,
@@ -26,6 +23,9 @@ from tests.integration.worker_harness import (
     next_counts,
     uncommitted,
 )
+from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
+from streams.settings import ROOT, Settings
+from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"

@@ -1,4 +1,6 @@
-"""Run `igrec worker` processes and collect their outputs, for the worker's integration tests and bench."""
+"""Run `igrec worker` processes, collect what they answer and check it against the offline Scorer: the worker's
+integration tests and `bench/bench_crash.py` share these, so a test and a benchmark start and judge workers
+the same way."""
 
 from __future__ import annotations
 
@@ -21,9 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.replay import session_events
-from streams.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from streams.settings import ROOT, Settings
 
 
 def isolated_settings(settings: Settings) -> Settings:
