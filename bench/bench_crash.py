@@ -2,21 +2,20 @@
 with an empty local state folder (``--disruption kill9``), or start a second worker in the group at a random
 moment while events keep arriving (``--disruption join``); then check that nothing was lost.
 
-Each kill -9 round uses fresh topics and a fresh consumer group:
-
-1. a worker starts; a random share (30, 50 or 70 %) of the events of ``--sessions`` Diginetica test sessions is
-   published;
-2. once a random share (2-90 %) of those events is answered, and after a random pause under 2 s, the worker
-   gets SIGKILL; the rest of the events is published;
-3. a new worker in the same group, with an empty local folder (its state comes from the changelog), must
-   answer every event: each recommendation must equal the offline Scorer's on the same prefix (top-20 items,
-   ties within 1e-4 aside; scores within 1e-4), and every item -> item NEXT count must equal the number of
-   times the pair was clicked in a row (none lost, none counted twice), and the consumer group's committed
-   offsets must reach the end of the events topic (a worker that cannot commit never acknowledged an event).
+Each kill -9 round uses fresh topics and a fresh consumer group: a worker starts and the events of
+``--sessions`` Diginetica test sessions are published at ``--rate`` per second; at a random moment of the
+stream (1 s after the start or later, and 1 s before its end or earlier) the worker gets SIGKILL, and a new
+worker in the same group starts at once, with an empty local folder (its state comes from the changelog),
+while the rest is published. Depending on the moment the killed worker had committed nothing yet or some of
+its work (it commits every 2.8 s), with more in flight. The new worker must answer every event: each
+recommendation must equal the offline Scorer's on the same prefix (top-20 items, ties within 1e-4 aside;
+scores within 1e-4), every item -> item NEXT count must equal the number of times the pair was clicked in a
+row (none lost, none counted twice), and the consumer group's committed offsets must reach the end of the
+events topic (a worker that cannot commit never acknowledged an event).
 
 A join round also uses fresh topics and group: a worker starts, the events are published at ``--rate`` per
 second, a second worker (its own empty folder) is started after a random 2-12 s, and both must then answer
-every event with the same three checks. The re-emitted count shows what the rebalance made the workers do
+every event, with the same three checks. The re-emitted count shows what the rebalance made the workers do
 twice (at-least-once allows it; each one is an answer sent again under the same event id).
 
 Prints one row per round (the disruption point, seconds from the restart or the join to the last answer,
@@ -61,28 +60,30 @@ def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: fl
 
 
 def kill_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
-               workdir: Path, name: str, rate: float | None) -> dict:
+               workdir: Path, name: str, rate: float) -> dict:
     settings, events, expected = prepare(base, scorer, sessions, name)
-    published, answered = rng.choice([0.3, 0.5, 0.7]), rng.choice([0.02, 0.1, 0.25, 0.5, 0.9])
-    first = int(len(events) * published)
+    kill_s = 1 + max(len(events) / rate - 2, 0) * rng.random()
     app_id = f"{settings.topic_events}-w"
-    worker = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()
+    workers = [WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()]
+
+    async def publish_and_kill() -> float:
+        publishing = asyncio.ensure_future(publish(settings, settings.topic_events, events, rate=rate))
+        await asyncio.sleep(kill_s)
+        workers[0].kill9()
+        workers[0] = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="restarted").start()
+        restarted = time.monotonic()
+        await publishing
+        return restarted
+
     try:
-        asyncio.run(publish(settings, settings.topic_events, events[:first]))
-        asyncio.run(collect(settings, settings.topic_recommendations, max(1, int(first * answered)), timeout=240,
-                            watch=[worker]))
-        time.sleep(rng.random() * 2)
-        worker.kill9()
-        asyncio.run(publish(settings, settings.topic_events, events[first:]))
-        worker = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="restarted").start()
-        return settle(settings, app_id, sessions, expected, time.monotonic(), [worker],
-                      f"{published:.0%} / {answered:.0%}")
+        restarted = asyncio.run(publish_and_kill())
+        return settle(settings, app_id, sessions, expected, restarted, workers, f"kill at {kill_s:.1f} s")
     finally:
-        worker.stop()
+        workers[0].stop()
 
 
 def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
-               workdir: Path, name: str, rate: float | None) -> dict:
+               workdir: Path, name: str, rate: float) -> dict:
     settings, events, expected = prepare(base, scorer, sessions, name)
     join_s = 2 + 10 * rng.random()
     app_id = f"{settings.topic_events}-w"
@@ -134,11 +135,9 @@ def main() -> int:
     parser.add_argument("--disruption", choices=sorted(ROUNDS), default="kill9",
                         help="kill9: kill the worker and restart it; join: a second worker joins (default kill9)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
-    parser.add_argument("--sessions", type=int, default=300,
-                        help="Diginetica test sessions per round (default 300, about 1,400 events)")
-    parser.add_argument("--rate", type=float, default=250.0,
-                        help="events per second published in a join round (default 250; kill -9 rounds publish "
-                             "at once)")
+    parser.add_argument("--sessions", type=int, default=600,
+                        help="Diginetica test sessions per round (default 600, about 2,900 events: 11-12 s at 250/s)")
+    parser.add_argument("--rate", type=float, default=250.0, help="events published per second (default 250)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and the sessions drawn")
     parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here")
     args = parser.parse_args()
@@ -150,7 +149,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix="igrec-crash-"))
     since = "restart" if args.disruption == "kill9" else "join"
-    header = f"{'round':>5} {'events':>6} {'published / answered' if since == 'restart' else 'join':>20} " \
+    header = f"{'round':>5} {'events':>6} {'disruption':>20} " \
              f"{'missing':>7} {since + '->all s':>14} " \
              f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11}"
     print(header, flush=True)
@@ -158,8 +157,7 @@ def main() -> int:
     for r in range(args.rounds):
         skip = rng.randrange(0, len(all_sessions) - args.sessions)
         row = ROUNDS[args.disruption](base, scorer, args.artefact, all_sessions[skip : skip + args.sessions], rng,
-                                      root / f"r{r}", f"{args.disruption}{args.seed}-{r}",
-                                      args.rate if args.disruption == "join" else None)
+                                      root / f"r{r}", f"{args.disruption}{args.seed}-{r}", args.rate)
         rows.append(row)
         print(f"{r:>5} {row['events']:>6} {row['at']:>20} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "

@@ -146,11 +146,10 @@ def wait_until(predicate, timeout: float, interval: float = 0.5) -> bool:
     return False
 
 
-def uncommitted(settings: Settings, group: str, timeout: float) -> int:
-    """Events of the events topic beyond the group's committed offsets, polled until 0 or ``timeout``: a worker
-    that answered everything but cannot commit lost track of a message (it never acknowledged it)."""
+def group_offsets(settings: Settings, group: str) -> tuple[int, int]:
+    """The events topic's committed offsets of ``group`` and its end offsets, each summed over partitions."""
 
-    async def behind() -> int:
+    async def read() -> tuple[int, int]:
         admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
         consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
         await admin.start()
@@ -159,15 +158,23 @@ def uncommitted(settings: Settings, group: str, timeout: float) -> int:
             committed = await admin.list_consumer_group_offsets(group)
             tps = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
             ends = await consumer.end_offsets(tps)
-            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+            return sum(committed[tp].offset for tp in tps if tp in committed), sum(ends.values())
         finally:
             await consumer.stop()
             await admin.close()
 
+    return asyncio.run(read())
+
+
+def uncommitted(settings: Settings, group: str, timeout: float) -> int:
+    """Events of the events topic beyond the group's committed offsets, polled until 0 or ``timeout``: a worker
+    that answered everything but cannot commit lost track of a message (it never acknowledged it)."""
     deadline = time.monotonic() + timeout
-    while (left := asyncio.run(behind())) and time.monotonic() < deadline:
+    while True:
+        committed, ends = group_offsets(settings, group)
+        if committed == ends or time.monotonic() >= deadline:
+            return ends - committed
         time.sleep(1)
-    return left
 
 
 def expected_recommendations(scorer, sessions: list[list[int]], run: str) -> dict[str, tuple[list[str], np.ndarray]]:
