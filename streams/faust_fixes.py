@@ -1,6 +1,7 @@
-"""Two ways faust-streaming 0.15 can lose events, and what the worker does about each.
-
-Both were found reading faust's source; the second also by ``bench/bench_crash.py`` (docs/results.md).
+"""Five ways faust-streaming 0.15 (with aiokafka) can lose events or redo work, and what the worker does about
+each. The first was found reading faust's source; the others by tracing failures into faust's and aiokafka's
+source: the second from ``bench/bench_crash.py``, the third, fourth and fifth from the second-worker test.
+docs/results.md has the A/B of each.
 
 1. **The commit can outrun the state changelog.** faust writes a Table's changelog through its
    ``ProducerBuffer``: ``table[key] = value`` queues a message there, and a background task hands the queue to
@@ -155,7 +156,11 @@ def commit_before_revoke(consumer: Any) -> None:
 
     async def commit_then_revoke(revoked: set) -> None:
         if consumer.assignment():
-            await consumer.commit()
+            try:
+                await consumer.commit()
+            except Exception as error:  # faust's revocation must go on: a failed commit only costs re-reads
+                log.warning("commit before revocation failed (%r); the next owner re-reads since the last commit",
+                            error)
         await on_partitions_revoked(revoked)
 
     consumer.on_partitions_revoked = commit_then_revoke

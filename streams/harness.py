@@ -137,7 +137,8 @@ async def collect(
     return seen
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.5) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Poll ``predicate`` every ``interval`` seconds; True as soon as it holds, False after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

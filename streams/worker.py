@@ -440,11 +440,12 @@ def _fetch_state(consumer: Any) -> dict[str, dict[str, Any]] | None:
     state = {}
     for tp in sorted(assignment.tps):
         value = assignment.state_value(tp)
+        records = buffered.get(tp)  # read while the consumer thread changes it: one lookup, no check-then-get
         state[f"{tp.topic}:{tp.partition}"] = {
             "position": value._position,
             "awaiting_reset": value.awaiting_reset,
             "paused": value.paused,
-            "buffered": type(buffered[tp]).__name__ if tp in buffered else None,
+            "buffered": None if records is None else type(records).__name__,
         }
     return state
 
