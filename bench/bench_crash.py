@@ -13,6 +13,12 @@ scores within 1e-4), every item -> item NEXT count must equal the number of time
 row (none lost, none counted twice), and the consumer group's committed offsets must reach the end of the
 events topic (a worker that cannot commit never acknowledged an event).
 
+A broker round (fresh topics and group too): a worker starts, 30, 50 or 70 % of the events are published,
+and once a quarter of those is answered the Kafka broker gets SIGKILL; it stays down 1, 5 or 15 s and is
+started again on its data (``igrec stack up``), then the rest is published. The same worker must answer
+every event, with the same three checks; if it died meanwhile a new one is started (what a supervisor
+would do) and the row says so.
+
 A join round also uses fresh topics and group: a worker starts, the events are published at ``--rate`` per
 second, a second worker (its own empty folder) is started after a random 2-12 s, and both must then answer
 every event, with the same three checks. The re-emitted count shows what the rebalance made the workers do
@@ -106,6 +112,32 @@ def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[li
         second.stop()
 
 
+def broker_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
+                 workdir: Path, name: str, rate: float) -> dict:
+    settings, events, expected = prepare(base, scorer, sessions, name)
+    first = int(len(events) * rng.choice([0.3, 0.5, 0.7]))
+    down_s = rng.choice([1.0, 5.0, 15.0])
+    app_id = f"{settings.topic_events}-w"
+    workers = [WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()]
+    try:
+        asyncio.run(publish(settings, settings.topic_events, events[:first]))
+        asyncio.run(collect(settings, settings.topic_recommendations, max(1, first // 4), timeout=240,
+                            watch=workers))
+        stack.kill(base, "kafka", log=lambda _: None)
+        time.sleep(down_s)
+        stack.up(base, log=lambda _: None)
+        back = time.monotonic()
+        asyncio.run(publish(settings, settings.topic_events, events[first:]))
+        died = not workers[0].alive()
+        if died:  # what a supervisor would do; the row says so
+            workers[0] = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="restarted").start()
+        row = settle(settings, app_id, sessions, expected, back, workers,
+                     f"down {down_s:.0f} s{', died' if died else ''}")
+        return row | {"died": died}
+    finally:
+        workers[0].stop()
+
+
 def prepare(base: Settings, scorer: Scorer, sessions: list[list[int]], name: str) -> tuple[Settings, list, dict]:
     """A round's fresh topics, its events and the offline answers."""
     settings = isolated_settings(base)
@@ -126,14 +158,15 @@ def settle(settings: Settings, app_id: str, sessions: list[list[int]], expected:
     }
 
 
-ROUNDS = {"kill9": kill_round, "join": join_round}
+ROUNDS = {"kill9": kill_round, "join": join_round, "broker": broker_round}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
     parser.add_argument("--disruption", choices=sorted(ROUNDS), default="kill9",
-                        help="kill9: kill the worker and restart it; join: a second worker joins (default kill9)")
+                        help="kill9: kill the worker and restart it; join: a second worker joins; broker: kill the "
+                             "Kafka broker under the worker and restart it (default kill9)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
     parser.add_argument("--sessions", type=int, default=600,
                         help="Diginetica test sessions per round (default 600, about 2,900 events: 11-12 s at 250/s)")
@@ -148,7 +181,7 @@ def main() -> int:
     all_sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix="igrec-crash-"))
-    since = "restart" if args.disruption == "kill9" else "join"
+    since = {"kill9": "restart", "join": "join", "broker": "broker back"}[args.disruption]
     header = f"{'round':>5} {'events':>6} {'disruption':>20} " \
              f"{'missing':>7} {since + '->all s':>14} " \
              f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11}"
@@ -162,7 +195,8 @@ def main() -> int:
         print(f"{r:>5} {row['events']:>6} {row['at']:>20} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "
               f"{row['count_errors']:>12} {row['uncommitted']:>11}", flush=True)
-    failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"] or r["uncommitted"]]
+    failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"] or r["uncommitted"]
+              or r.get("died")]
     times = sorted(r["recovered_s"] for r in rows)
     print(f"\n{len(rows) - len(failed)} of {len(rows)} rounds lost nothing and changed nothing; {since} -> last "
           f"answer median {times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s; logs under {root}")

@@ -415,6 +415,24 @@ def down(
                 _stop(service, timeout, log)
 
 
+def kill(settings: Settings, name: str, log: Callable[[str], None] = print) -> None:
+    """SIGKILL one running service, as a crash would: no shutdown, no flush (``bench/bench_crash.py`` uses it to
+    take the broker away under a running worker). ``up`` starts it again on the same data."""
+    with _stack_lock(settings):
+        service = next(s for s in services(settings) if s.name == name)
+        pid = read_pid(service)
+        if pid is None:
+            raise StackError(f"{name} is not running")
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _is_our_process(pid, service) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        _reap(pid)
+        service.pid_file.unlink(missing_ok=True)
+        log(f"{name}: killed (pid {pid})")
+
+
 def reset(settings: Settings, log: Callable[[str], None] = print, only: str | None = None) -> None:
     """Delete the stored data of the stopped services (or just ``only``): Kafka's topics and offsets, Neo4j's
     graph. Refused while a service runs. Each starts empty next time; Neo4j keeps its password file."""
