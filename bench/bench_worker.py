@@ -36,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from model.data import read_test_tsv
+from streams.harness import WorkerProcess
 from streams.replay import cases_to_sessions, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
@@ -163,29 +164,6 @@ async def fanout_ceiling(settings: Settings, events: list[dict], fanout: int) ->
     return result
 
 
-def start_worker(settings: Settings, artefact: Path, workdir: Path, extra: list[str]) -> subprocess.Popen:
-    env = os.environ | settings.to_env()
-    log = (workdir / "worker.log").open("wb")
-    command = [
-        sys.executable,
-        "-m",
-        "streams.cli",
-        "worker",
-        "--artefact",
-        str(artefact),
-        "--app-id",
-        f"{settings.topic_events}-w",
-        "--metrics-port",
-        "0",
-        "--data-dir",
-        str(workdir / "state"),
-        "--loglevel",
-        "warning",
-        *extra,
-    ]
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-
 def record_profile(pid: int, svg: Path, seconds: int) -> subprocess.Popen:
     """py-spy sampling ``pid`` for ``seconds`` into a flame graph (idle samples left out, threads apart)."""
     py_spy = Path(sys.executable).with_name("py-spy")
@@ -309,18 +287,20 @@ def main() -> None:
     ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events[: args.events], None, 120))
 
     with tempfile.TemporaryDirectory() as workdir:
-        worker = start_worker(settings, args.artefact, Path(workdir), args.worker_arg)
+        worker = WorkerProcess(settings, args.artefact, Path(workdir), app_id=f"{settings.topic_events}-w",
+                               name="worker", extra=args.worker_arg).start()
+        pid = worker.process.pid
         try:
             warm = events[-200:]
             asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
-            before = thread_cpu(worker.pid)
-            profiler = record_profile(worker.pid, args.profile, args.profile_seconds) if args.profile else None
+            before = thread_cpu(pid)
+            profiler = record_profile(pid, args.profile, args.profile_seconds) if args.profile else None
             flat_out = asyncio.run(
                 run_phase(
                     settings, settings.topic_events, settings.topic_recommendations, events[: args.events], None, 600
                 )
             )
-            cpu = cpu_per_event(before, thread_cpu(worker.pid), args.events)
+            cpu = cpu_per_event(before, thread_cpu(pid), args.events)
             if profiler is not None and profiler.wait(timeout=args.profile_seconds + 60) != 0:
                 print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
             at_rate, parts = [], []
@@ -331,8 +311,7 @@ def main() -> None:
                     settings, settings.topic_events, settings.topic_recommendations,
                     events[begin : begin + args.latency_events], rate, 600, parts[-1])))
         finally:
-            worker.terminate()
-            worker.wait(timeout=60)
+            worker.stop()
     tag = settings.topic_events.split(".")[0]
     inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
     worker_events = 200 + args.events + len(args.rate) * args.latency_events
