@@ -1,17 +1,23 @@
-"""The stack's own behaviour: idempotent start, stale pid files, and errors that name the fix."""
+"""The stack's own behaviour: idempotent start, stale pid files, errors that name the fix, and a killed broker
+that comes back on its data."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from deploy import stack
+from streams.harness import collect
+from streams.replay import publish_payloads
 from streams.settings import Settings
+from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +125,19 @@ def test_restart_keeps_data_and_password(settings: Settings) -> None:
             "MATCH (n:Item {id: $id}) RETURN count(n) AS n", id=marker, database_=settings.neo4j_database
         )
     assert records[0]["n"] == 1
+
+
+def test_a_killed_broker_restarts_on_its_data(settings: Settings) -> None:
+    """``stack.kill`` is a crash (SIGKILL, no shutdown); ``up`` brings Kafka back with what it acknowledged."""
+    topic = f"killed-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(settings, [topic]))
+    asyncio.run(publish_payloads(settings, topic, [b'{"event_id": "before-the-crash"}']))
+    stack.kill(settings, "kafka", log=lambda _: None)
+    assert stack.status(settings)["kafka"]["pid"] is None
+    with pytest.raises(stack.StackError, match="not running"):
+        stack.kill(settings, "kafka", log=lambda _: None)
+    stack.up(settings, log=lambda _: None)
+    assert set(asyncio.run(collect(settings, topic, want=1, timeout=60))) == {"before-the-crash"}
 
 
 def test_reset_is_refused_while_running_and_empties_a_stopped_server(settings: Settings) -> None:
