@@ -423,12 +423,7 @@ def kill(settings: Settings, name: str, log: Callable[[str], None] = print) -> N
         pid = read_pid(service)
         if pid is None:
             raise StackError(f"{name} is not running")
-        os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _is_our_process(pid, service) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.05)
-        _reap(pid)
+        _signal_and_wait(pid, service, signal.SIGKILL, timeout=10)
         service.pid_file.unlink(missing_ok=True)
         log(f"{name}: killed (pid {pid})")
 
@@ -451,17 +446,23 @@ def _stop(service: Service, timeout: float, log: Callable[[str], None]) -> None:
     if pid is None:
         log(f"{service.name}: not running")
         return
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _is_our_process(pid, service) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.2)
-    if _is_our_process(pid, service):
+    if not _signal_and_wait(pid, service, signal.SIGTERM, timeout):
         log(f"{service.name}: did not stop within {timeout:.0f}s; killing pid {pid}")
         os.killpg(pid, signal.SIGKILL)
     _reap(pid)
     service.pid_file.unlink(missing_ok=True)
     log(f"{service.name}: stopped")
+
+
+def _signal_and_wait(pid: int, service: Service, sig: signal.Signals, timeout: float) -> bool:
+    """Send ``sig`` to the service's process group and reap it; True if it is gone within ``timeout`` seconds."""
+    os.killpg(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _is_our_process(pid, service) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    _reap(pid)
+    return not _is_our_process(pid, service)
 
 
 def _reap(pid: int) -> None:
