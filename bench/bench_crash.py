@@ -38,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from deploy import stack
@@ -72,17 +73,12 @@ def kill_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[li
     app_id = f"{settings.topic_events}-w"
     workers = [WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()]
 
-    async def publish_and_kill() -> float:
-        publishing = asyncio.ensure_future(publish(settings, settings.topic_events, events, rate=rate))
-        await asyncio.sleep(kill_s)
+    def kill_and_restart() -> None:
         workers[0].kill9()
         workers[0] = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="restarted").start()
-        restarted = time.monotonic()
-        await publishing
-        return restarted
 
     try:
-        restarted = asyncio.run(publish_and_kill())
+        restarted = asyncio.run(publish_meanwhile(settings, events, rate, kill_s, kill_and_restart))
         return settle(settings, app_id, sessions, expected, restarted, workers, f"kill at {kill_s:.1f} s")
     finally:
         workers[0].stop()
@@ -95,17 +91,8 @@ def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[li
     app_id = f"{settings.topic_events}-w"
     first = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()
     second = WorkerProcess(settings, artefact, workdir, app_id=app_id, name="joining")
-
-    async def publish_and_join() -> float:
-        publishing = asyncio.ensure_future(publish(settings, settings.topic_events, events, rate=rate))
-        await asyncio.sleep(join_s)
-        second.start()
-        joined = time.monotonic()
-        await publishing
-        return joined
-
     try:
-        joined = asyncio.run(publish_and_join())
+        joined = asyncio.run(publish_meanwhile(settings, events, rate, join_s, second.start))
         return settle(settings, app_id, sessions, expected, joined, [first, second], f"join at {join_s:.1f} s")
     finally:
         first.stop()
@@ -136,6 +123,18 @@ def broker_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[
         return row | {"died": died}
     finally:
         workers[0].stop()
+
+
+async def publish_meanwhile(settings: Settings, events: list[dict], rate: float, after_s: float,
+                            disrupt: Callable[[], object]) -> float:
+    """Publish ``events`` at ``rate`` per second and call ``disrupt`` ``after_s`` seconds in; returns when it was
+    called (monotonic clock), once every event is published."""
+    publishing = asyncio.ensure_future(publish(settings, settings.topic_events, events, rate=rate))
+    await asyncio.sleep(after_s)
+    disrupt()
+    disrupted = time.monotonic()
+    await publishing
+    return disrupted
 
 
 def prepare(base: Settings, scorer: Scorer, sessions: list[list[int]], name: str) -> tuple[Settings, list, dict]:
@@ -170,7 +169,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
     parser.add_argument("--sessions", type=int, default=600,
                         help="Diginetica test sessions per round (default 600, about 2,900 events: 11-12 s at 250/s)")
-    parser.add_argument("--rate", type=float, default=250.0, help="events published per second (default 250)")
+    parser.add_argument("--rate", type=float, default=250.0,
+                        help="events published per second in kill9 and join rounds (default 250; broker rounds "
+                             "publish before and after the outage at once)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and the sessions drawn")
     parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here")
     args = parser.parse_args()
