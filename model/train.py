@@ -1,6 +1,7 @@
 """``igrec train``: fit a network on a session split, early-stop on a validation slice, write a run folder.
 
-A run folder holds ``checkpoint.pt`` (last epoch, for resume), ``best.pt`` (best validation HR@20),
+A run folder holds ``checkpoint.pt`` (last epoch, for resume), ``best.pt`` (best validation HR@20; with
+``--ema`` the averaged weights, which are also the ones evaluated),
 ``results.json`` (config, per-epoch history, final test metrics) and ``curves.png`` (loss and HR@20 per
 epoch). Checkpoints are ``torch.save`` of state dicts and plain dicts, loaded with ``weights_only=True``.
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     warmup: float = 0.05
     final_lr_fraction: float = 0.0
+    ema: float = 0.0
     val_fraction: float = 0.02
     val_max_cases: int = 20_000
     max_train_cases: int | None = None
@@ -149,6 +152,7 @@ def train(cfg: TrainConfig) -> dict:
     import torch
     from tqdm import tqdm
 
+    from model.averaging import WeightAverage
     from model.evaluate import evaluate_network
     from model.network import build_network
 
@@ -182,6 +186,7 @@ def train(cfg: TrainConfig) -> dict:
                             fused=device.type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, linear_schedule(steps_per_epoch * cfg.epochs, cfg.warmup, cfg.final_lr_fraction))
+    ema = WeightAverage(net, cfg.ema) if cfg.ema else None
 
     history: list[dict] = []
     start_epoch, best = 0, {"epoch": -1, "HR@20": -1.0}
@@ -193,12 +198,18 @@ def train(cfg: TrainConfig) -> dict:
         sched.load_state_dict(state["scheduler"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         torch.set_rng_state(state["torch_rng"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
 
     print(f"{split.name}: {len(split.train)} train sessions ({len(fit)} fit cases, "
           f"{len(val) if val is not None else 'no'} validation cases), {len(split.test)} test cases, "
           f"{split.n_items} items; {sum(p.numel() for p in net.parameters()):,} parameters")
     if val is None:
         print(f"no validation slice: all {cfg.epochs} epochs run and the last one is tested")
+
+    def evaluate(cases: Cases) -> dict:
+        return evaluate_network(net, cases, cfg.eval_batch_size, device, cfg.bf16, cfg.max_len, cfg.binary_adj)
+
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         net.train()
@@ -217,28 +228,34 @@ def train(cfg: TrainConfig) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update()
             total += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         train_time = time.perf_counter() - t0
-        val_metrics = None if val is None else evaluate_network(net, val, cfg.eval_batch_size, device, cfg.bf16,
-                                                                cfg.max_len, cfg.binary_adj)
-        row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "train_seconds": train_time,
-               "val": val_metrics}
-        if cfg.test_each_epoch:
-            row["test"] = evaluate_network(net, split.test, cfg.eval_batch_size, device, cfg.bf16,
-                                           cfg.max_len, cfg.binary_adj)
-        history.append(row)
-        if val_metrics is None or val_metrics["HR@20"] > best["HR@20"]:
-            best = {"epoch": epoch + 1, "HR@20": val_metrics["HR@20"] if val_metrics else -1.0}
-            torch.save({"model": net.state_dict(), "config": mcfg.to_dict(), "train": asdict(cfg), **extra},
-                       out / "best.pt")
+        row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "train_seconds": train_time}
+        if ema is not None and val is not None:
+            row["val_trained"] = evaluate(val)
+        with ema.applied() if ema is not None else nullcontext():
+            val_metrics = row["val"] = None if val is None else evaluate(val)
+            if cfg.test_each_epoch:
+                row["test"] = evaluate(split.test)
+            history.append(row)
+            if val_metrics is None or val_metrics["HR@20"] > best["HR@20"]:
+                best = {"epoch": epoch + 1, "HR@20": val_metrics["HR@20"] if val_metrics else -1.0}
+                torch.save({"model": net.state_dict(), "config": mcfg.to_dict(), "train": asdict(cfg), **extra},
+                           out / "best.pt")
+        averaged = {"ema": ema.state_dict()} if ema is not None else {}
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "config": mcfg.to_dict(), "train": asdict(cfg), "history": history, "best": best,
-                    "epoch": epoch, "torch_rng": torch.get_rng_state(), **extra}, ckpt_path)
+                    "epoch": epoch, "torch_rng": torch.get_rng_state(), **averaged, **extra}, ckpt_path)
         test_txt = (f" test HR@20 {row['test']['HR@20']:.2f} MRR@20 {row['test']['MRR@20']:.2f}"
                     if "test" in row else "")
         val_txt = f" val HR@20 {val_metrics['HR@20']:.2f} MRR@20 {val_metrics['MRR@20']:.2f}" if val_metrics else ""
+        if "val_trained" in row:
+            val_txt += (f" (averaged; trained weights {row['val_trained']['HR@20']:.2f} / "
+                        f"{row['val_trained']['MRR@20']:.2f})")
         print(f"epoch {epoch + 1}: loss {row['loss']:.4f} ({train_time:.0f}s){val_txt}{test_txt}", flush=True)
         if epoch + 1 - best["epoch"] >= cfg.patience:
             print(f"early stop: no validation gain for {cfg.patience} epochs")
@@ -246,8 +263,7 @@ def train(cfg: TrainConfig) -> dict:
 
     best_state = torch.load(out / "best.pt", weights_only=True, map_location=device)
     net.load_state_dict(best_state["model"])
-    test = evaluate_network(net, split.test, cfg.eval_batch_size, device, cfg.bf16, cfg.max_len,
-                            cfg.binary_adj)
+    test = evaluate(split.test)
     results = {"dataset": split.name, "data": cfg.data, "train": asdict(cfg), "model": mcfg.to_dict(),
                "history": history, "best_epoch": best["epoch"], "test": test,
                "mean_epoch_seconds": float(np.mean([h["train_seconds"] for h in history]))}
@@ -303,6 +319,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         ("lr-embedding", float, "peak learning rate of the item encoder (default: --lr)"),
         ("weight-decay", float, "AdamW weight decay"),
         ("warmup", float, "share of all steps spent warming the learning rate up"),
+        ("ema", float, "evaluate and save an exponential moving average of the weights with this decay per "
+         "step, e.g. 0.999 (0 = off: the trained weights themselves)"),
         ("val-fraction", float, "newest share of training sessions held out for validation / early stopping; "
          "0 = train on all of them for exactly --epochs and test the last epoch (a refit once the epoch "
          "count is chosen)"),

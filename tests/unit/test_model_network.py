@@ -229,3 +229,29 @@ def test_cli_train_without_validation_runs_every_epoch_and_tests_the_last(tmp_pa
     assert "no validation slice" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="val-fraction"):
         main(["search", "--data", str(tmp_path), "--out", str(tmp_path / "s"), "--val-fraction", "0"])
+
+
+def test_cli_train_with_weight_average_saves_the_averaged_weights(tmp_path, capsys):
+    """--ema: validation, best.pt and the test use the averaged weights, checkpoint.pt keeps the trained ones
+    and the average; the trained weights' validation metrics are recorded beside the averaged ones."""
+    from model.cli import main
+
+    _toy_split(tmp_path)
+    out = tmp_path / "ema"
+    args = ["train", "--data", str(tmp_path), "--out", str(out), "--batch-size", "32", "--lr", "1e-2",
+            "--set", "dim=16", "--no-test-each-epoch", "--patience", "5", "--ema", "0.9"]
+    main([*args, "--epochs", "1"])
+    last = torch.load(out / "checkpoint.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)
+    net = build_network(ModelConfig.from_dict(best["config"]))
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    shadow = dict(zip(names, last["ema"]["shadow"], strict=True))
+    assert all(torch.equal(best["model"][n], shadow[n]) for n in names)
+    assert not all(torch.equal(last["model"][n], shadow[n]) for n in names)
+
+    main([*args, "--epochs", "2", "--resume"])
+    res = json.loads((out / "results.json").read_text())
+    assert [set(h) >= {"val", "val_trained"} for h in res["history"]] == [True, True]
+    assert res["test"]["HR@10"] > 80.0
+    assert "averaged; trained weights" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["ema"]["updates"] > last["ema"]["updates"]
