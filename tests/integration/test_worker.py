@@ -44,6 +44,11 @@ def assert_same_recommendations(got: dict[str, list[dict]], expected: dict) -> N
     assert not bad, f"{len(bad)} recommendations differ from the offline Scorer, e.g. {bad[:3]}"
 
 
+def assert_all_committed(behind: int) -> None:
+    """``behind`` (from ``uncommitted``, read while the workers ran) events past the group's commits."""
+    assert behind == 0, f"{behind} events never acknowledged: the group's commits stop short of the topic's end"
+
+
 def assert_valid(role: str, messages: list[dict]) -> None:
     """Every message conforms to the committed JSON Schema of the topic ``role`` (docs/schemas)."""
     name = Settings().topics[role]
@@ -146,7 +151,7 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
     finally:
         worker.stop()
     assert_same_recommendations(got, expected)
-    assert behind == 0, f"{behind} events never acknowledged: the group's commits stop short of the topic's end"
+    assert_all_committed(behind)
 
 
 def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
@@ -167,7 +172,7 @@ def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefac
         first.stop()
         second.stop()
     assert_same_recommendations(got, expected)
-    assert behind == 0, f"{behind} events never acknowledged: the group's commits stop short of the topic's end"
+    assert_all_committed(behind)
 
 
 def _without(event: dict, field: str) -> dict:
