@@ -14,26 +14,24 @@ def _net() -> torch.nn.Module:
     return net
 
 
-def test_the_average_is_the_bias_corrected_ema_of_the_weights_seen():
+def test_the_average_grows_its_horizon_with_the_steps_up_to_the_decay():
     net = _net()
     ema = WeightAverage(net, decay=0.9)
     w0 = net.weight.detach().clone()
     with ema.applied():
-        assert torch.equal(net.weight, w0)  # no update yet: the trained weights
-    seen = []
-    for step in range(1, 4):
-        with torch.no_grad():
-            net.weight.copy_(w0 + step)
-        seen.append(w0 + step)
-        ema.update()
-    weights = [0.9**2 * 0.1, 0.9 * 0.1, 0.1]
-    expected = sum(w * x for w, x in zip(weights, seen, strict=True)) / sum(weights)
+        assert torch.equal(net.weight, w0)  # no update yet: the initial weights
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update()  # d = min(0.9, 2 / 11): mostly the new weights
     with ema.applied():
-        assert torch.allclose(net.weight, expected)
-    for _ in range(300):
+        assert torch.allclose(net.weight, w0 + (1 - 2 / 11))
+    for _ in range(100):  # d reaches the cap 0.9 after 80 updates
         ema.update()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update()
     with ema.applied():
-        assert torch.allclose(net.weight, w0 + 3, atol=1e-5)
+        assert torch.allclose(net.weight, w0 + 1.0 + 0.1, atol=1e-5)
 
 
 def test_applied_swaps_the_average_in_and_restores_the_trained_weights_even_on_error():
