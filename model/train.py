@@ -19,7 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from model.cpu import configure_torch
-from model.data import Cases, SessionSplit, case_sessions, load_raw, read_split, sessions_to_cases, split_validation
+from model.data import (
+    Cases,
+    SessionSplit,
+    case_sessions,
+    load_raw,
+    read_split,
+    recency_oversampled,
+    sessions_to_cases,
+    split_validation,
+)
 from model.graphs import build_global_graph, build_session_graphs
 
 
@@ -42,6 +51,8 @@ class TrainConfig:
     ema: float = 0.0
     val_fraction: float = 0.02
     val_max_cases: int = 20_000
+    recent_fraction: float = 0.0
+    recent_repeats: int = 2
     max_train_cases: int | None = None
     patience: int = 2
     seed: int = 0
@@ -181,7 +192,12 @@ def train(cfg: TrainConfig) -> dict:
     prior_graph = None
     if getattr(mcfg, "use_prior", False) and mcfg.arch == "igrec":
         prior_graph = set_prior_graphs(net, mcfg, fit_sessions, fit, split.n_items)
-    steps_per_epoch = math.ceil(len(fit) / cfg.batch_size)
+    epoch_index = recency_oversampled(case_sessions(fit, fit_sessions), len(fit_sessions), cfg.recent_fraction,
+                                      cfg.recent_repeats)
+    epoch_cases = fit.subset(epoch_index)
+    if prior_graph is not None:
+        prior_graph = prior_graph[epoch_index]
+    steps_per_epoch = math.ceil(len(epoch_cases) / cfg.batch_size)
     opt = torch.optim.AdamW(parameter_groups(net, cfg.lr, cfg.lr_embedding, cfg.weight_decay, cfg.lr_groups),
                             fused=device.type in ("cpu", "cuda"))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -204,6 +220,9 @@ def train(cfg: TrainConfig) -> dict:
     print(f"{split.name}: {len(split.train)} train sessions ({len(fit)} fit cases, "
           f"{len(val) if val is not None else 'no'} validation cases), {len(split.test)} test cases, "
           f"{split.n_items} items; {sum(p.numel() for p in net.parameters()):,} parameters")
+    if len(epoch_cases) > len(fit):
+        print(f"each epoch: {len(epoch_cases)} cases, the newest {cfg.recent_fraction:.0%} of sessions' "
+              f"{(len(epoch_cases) - len(fit)) // (cfg.recent_repeats - 1)} cases {cfg.recent_repeats} times")
     if val is None:
         print(f"no validation slice: all {cfg.epochs} epochs run and the last one is tested")
 
@@ -215,10 +234,10 @@ def train(cfg: TrainConfig) -> dict:
         net.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0
-        bar = tqdm(length_sorted_batches(fit, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(length_sorted_batches(epoch_cases, cfg.batch_size, rng), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    mininterval=5.0)
         for index in bar:
-            inputs, target = batch_tensors(fit, index, cfg.max_len, cfg.binary_adj, device)
+            inputs, target = batch_tensors(epoch_cases, index, cfg.max_len, cfg.binary_adj, device)
             graph = None if prior_graph is None else torch.from_numpy(prior_graph[index]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = -net.log_likelihood(target, *inputs, prior_graph=graph).float().mean()
@@ -325,6 +344,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
          "0 = train on all of them for exactly --epochs and test the last epoch (a refit once the epoch "
          "count is chosen)"),
         ("val-max-cases", int, "at most this many validation cases (a seeded sample)"),
+        ("recent-fraction", float, "train the cases of this newest share of the (fit) sessions --recent-repeats "
+         "times per epoch: the test period follows the training period (0 = every case once)"),
+        ("recent-repeats", int, "how often an epoch holds each case of the newest --recent-fraction sessions"),
         ("max-train-cases", int, "train on a seeded sample of this many cases (default: all)"),
         ("patience", int, "epochs without a better validation HR@20 before stopping"),
         ("seed", int, "seed of sampling, shuffling and initialisation"),

@@ -11,6 +11,7 @@ from model.data import (
     load_raw,
     preprocess_clicks,
     read_split,
+    recency_oversampled,
     sessions_to_cases,
 )
 
@@ -32,6 +33,17 @@ def test_case_sessions_names_the_session_of_every_case_also_in_a_subset():
     cases = sessions_to_cases(sessions)
     np.testing.assert_array_equal(case_sessions(cases, sessions), [0, 0, 3, 4, 4, 4])
     np.testing.assert_array_equal(case_sessions(cases.subset(np.array([5, 2])), sessions), [4, 3])
+
+
+def test_recency_oversampling_repeats_only_the_newest_sessions_cases():
+    sessions = [[1, 2, 3], [4, 5], [6, 7], [8, 9, 1]]  # oldest first
+    cases = sessions_to_cases(sessions)
+    of_case = case_sessions(cases, sessions)
+    epoch = recency_oversampled(of_case, len(sessions), fraction=0.5, repeats=3)
+    counts = np.bincount(epoch, minlength=len(cases))
+    np.testing.assert_array_equal(counts, np.where(of_case >= 2, 3, 1))
+    np.testing.assert_array_equal(recency_oversampled(of_case, len(sessions), 0.0, 3), np.arange(len(cases)))
+    np.testing.assert_array_equal(recency_oversampled(of_case, len(sessions), 0.5, 1), np.arange(len(cases)))
 
 
 def test_split_reader_on_an_unseen_folder(tmp_path):
