@@ -338,8 +338,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         ("lr-embedding", float, "peak learning rate of the item encoder (default: --lr)"),
         ("weight-decay", float, "AdamW weight decay"),
         ("warmup", float, "share of all steps spent warming the learning rate up"),
-        ("ema", float, "evaluate and save an exponential moving average of the weights with this decay per "
-         "step, e.g. 0.999 (0 = off: the trained weights themselves)"),
+        ("ema", float, "evaluate and save a moving average of the weights (model/averaging.py) whose per-step "
+         "decay grows with training up to this, e.g. 0.999 (0 = off: the trained weights themselves)"),
         ("val-fraction", float, "newest share of training sessions held out for validation / early stopping; "
          "0 = train on all of them for exactly --epochs and test the last epoch (a refit once the epoch "
          "count is chosen)"),
