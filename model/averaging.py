@@ -4,10 +4,10 @@ The average follows the trained weights with ``shadow <- d * shadow + (1 - d) * 
 optimiser step, so it sits near the centre of the recent trajectory instead of at its noisy end. The
 per-step decay is ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as TensorFlow's
 ``ExponentialMovingAverage`` with ``num_updates``): the average spans about the last tenth of the steps so
-far, growing with training until it reaches ``1 / (1 - decay)`` steps. (A fixed 2,000-step horizon
-with bias correction was tried on Diginetica and lost to the trained weights in the first three epochs:
-it lagged them while they still moved fast; docs/results.md, 2026-12-01.) Training itself never sees the average: it is
-swapped in only to evaluate or to save.
+far, growing with training until it reaches ``1 / (1 - decay)`` steps. (A fixed 2,000-step horizon with
+bias correction was tried on Diginetica and lost to the trained weights in the first three epochs: it
+lagged them while they still moved fast; docs/results.md, 2026-12-01.) Training itself never sees the
+average: it is swapped in only to evaluate or to save.
 """
 
 from __future__ import annotations
