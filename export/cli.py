@@ -1,4 +1,5 @@
-"""``igrec export``: checkpoint -> verified ONNX artefact folder. torch is imported only when it runs.
+"""``igrec export``: checkpoint -> verified ONNX artefact folder; ``igrec parity``: re-check a published
+artefact on the provider that serves it. torch is imported only when they run.
 
 ``add_subcommands(subparsers)`` registers the command on the ``igrec`` console script's sub-parsers;
 ``python -m export.cli export ...`` runs it directly.
@@ -28,6 +29,48 @@ def _run_export(args: argparse.Namespace) -> None:
     print(f"artefact: {out}")
 
 
+def _run_parity(args: argparse.Namespace) -> None:
+    import json
+
+    from export.artefact import ArtefactError
+    from export.exporter import VerifyOptions, verify_artefact
+
+    try:
+        report = verify_artefact(VerifyOptions(
+            artefact=args.artefact, checkpoint=args.checkpoint, providers=args.provider, fp16=args.fp16,
+            cases=args.cases or None, data=args.data, raw_format=args.raw_format, batch_size=args.batch_size,
+            threads=args.threads, min_identical=args.min_identical, max_diff=args.max_diff))
+    except (ArtefactError, OSError, ValueError, RuntimeError) as exc:
+        print(f"igrec parity: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
+    print(report.summary())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=2)
+    if not report.passed:
+        raise SystemExit(2)
+
+
+def add_parity_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artefact", help="an artefact folder written by igrec export")
+    p.add_argument("--checkpoint", help="the checkpoint it was exported from (default: the path in its card; "
+                                        "its sha256 must match the card's)")
+    p.add_argument("--provider", default="auto",
+                   help="execution provider to score with: auto, cpu, cuda or tensorrt (default: auto, the "
+                        "worker's choice: TensorRT or CUDA where a GPU is usable, else CPU)")
+    p.add_argument("--fp16", action="store_true", help="score the item product in float16 (GPU providers)")
+    p.add_argument("--cases", type=int, default=5000, help="test cases to compare (0 = the whole test split)")
+    p.add_argument("--data", help="split folder (or raw log with --raw-format); default: the card's dataset")
+    p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"])
+    p.add_argument("--batch-size", type=int, default=256, help="sessions per scoring call")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime")
+    p.add_argument("--min-identical", type=float, default=0.999,
+                   help="fraction of top-K lists that must be identical (the export's bar: 0.999)")
+    p.add_argument("--max-diff", type=float, default=1e-4,
+                   help="largest allowed |score difference| (the export's bar: 1e-4; fp16 needs a looser one)")
+    p.add_argument("--json", help="also write the report here")
+
+
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="best.pt / checkpoint.pt of a training run")
     p.add_argument("--out", required=True, help="artefact folder to create (e.g. artifacts/diginetica)")
@@ -49,11 +92,19 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_subcommands(subparsers) -> None:
-    """Add ``export`` to ``subparsers`` (from ``parser.add_subparsers()``); it sets ``func``, run
-    ``args.func(args)``."""
+    """Add ``export`` and ``parity`` to ``subparsers`` (from ``parser.add_subparsers()``); each sets ``func``,
+    run ``args.func(args)``."""
     p = subparsers.add_parser("export", help="checkpoint -> ONNX artefact (top-K inside), parity-checked")
     add_export_arguments(p)
     p.set_defaults(func=_run_export)
+    p = subparsers.add_parser(
+        "parity", help="check a published artefact against its checkpoint on a chosen provider (e.g. CUDA)",
+        description="Score test prefixes with the artefact on the chosen onnxruntime provider and with the "
+                    "checkpoint in PyTorch (CPU, float32) and compare the top-K lists and scores, with the "
+                    "export's bar. Run it on the serving machine: the export checks the CPU provider only. "
+                    "Exit status 2 when the bar is missed.")
+    add_parity_arguments(p)
+    p.set_defaults(func=_run_parity)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,7 +32,14 @@ from export.artefact import (
     write_items,
 )
 from export.onnx_export import export_onnx
-from export.parity import ParityError, ParityReport, check_parity, sample_cases
+from export.parity import (
+    MAX_SCORE_DIFF,
+    MIN_IDENTICAL,
+    ParityError,
+    ParityReport,
+    check_parity,
+    sample_cases,
+)
 from export.scorer import Scorer
 from model.data import Cases, SessionSplit
 from model.graphs import build_history_graphs
@@ -196,6 +203,59 @@ def load_split(data: str | None, raw_format: str | None) -> SessionSplit | None:
     return load_dataset(data, raw_format)
 
 
+def parity_cases(split: SessionSplit | None, n_items: int, n: int | None) -> tuple[Cases, str]:
+    """The cases a parity check scores, and their source: ``n`` test cases of ``split`` (all for None or 0),
+    else ``n`` synthetic prefixes (5,000 for None or 0)."""
+    if split is not None:
+        return sample_cases(split.test, n), "test"
+    return synthetic_cases(n_items, n or 5000), "synthetic"
+
+
+@dataclass
+class VerifyOptions:
+    """What ``igrec parity`` was asked for (see :func:`export.cli.add_parity_arguments`)."""
+
+    artefact: str
+    checkpoint: str | None = None
+    providers: str = "auto"
+    fp16: bool = False
+    cases: int | None = 5000
+    data: str | None = None
+    raw_format: str | None = None
+    batch_size: int = 256
+    threads: int | None = None
+    min_identical: float = MIN_IDENTICAL
+    max_diff: float = MAX_SCORE_DIFF
+
+
+def verify_artefact(opts: VerifyOptions) -> ParityReport:
+    """Parity of a published artefact with the checkpoint it was exported from, scored by the execution
+    provider that will serve it (the export's own check runs on the CPU provider). Read-only: the artefact
+    is not changed. The checkpoint must be the one the card names (sha256), else parity would be moot."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    scorer = Scorer(opts.artefact, providers=opts.providers, threads=opts.threads, fp16=opts.fp16,
+                    history=True, spin=False)
+    card = scorer.card
+    checkpoint = Path(opts.checkpoint or card["checkpoint"]["path"])
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint (pass the one {opts.artefact} was exported "
+                                "from with --checkpoint)")
+    if sha256_file(checkpoint) != card["checkpoint"]["sha256"]:
+        raise ValueError(f"{checkpoint} is not the checkpoint {opts.artefact} was exported from (sha256 differs "
+                         "from the card's)")
+    if opts.data and not Path(opts.data).exists():
+        raise FileNotFoundError(f"{opts.data}: no such split folder or log")
+    net, _ = load_network(checkpoint)
+    data = opts.data or card["dataset"]["data"]
+    split = load_split(data, opts.raw_format or card["train"].get("raw_format")) if data and Path(data).exists() \
+        else None
+    cases, source = parity_cases(split, scorer.n_items, opts.cases)
+    return check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,
+                        max_len=card["graphs"]["max_len"], binary=card["graphs"]["binary"],
+                        min_identical=opts.min_identical, max_diff=opts.max_diff)
+
+
 def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
     """Export, verify and (on parity) publish the artefact; see the module docstring."""
     checkpoint = Path(opts.checkpoint)
@@ -226,8 +286,7 @@ def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
     write_card(staging, card)
 
     scorer = Scorer(staging, providers="cpu", threads=opts.threads, spin=False, history=True)
-    cases, source = ((sample_cases(split.test, opts.parity_cases), "test") if split is not None
-                     else (synthetic_cases(n_items, opts.parity_cases or 5000), "synthetic"))
+    cases, source = parity_cases(split, n_items, opts.parity_cases)
     report = check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,
                           max_len=card["graphs"]["max_len"], binary=card["graphs"]["binary"])
     card["parity"] = report.to_dict()

@@ -36,6 +36,8 @@ class ParityReport:
         max_score_diff: max |onnx - torch| over the K sorted scores of every case.
         max_item_score_diff: max |onnx score of item i - torch log-probability of item i| over returned items.
         with_history: cases scored with a (borrowed) history graph; the rest had none.
+        provider: the onnxruntime execution provider that scored (the PyTorch side is always CPU float32).
+        fp16: whether the scorer ran its item product in half precision.
     """
 
     source: str
@@ -50,6 +52,8 @@ class ParityReport:
     onnx_seconds: float
     min_identical: float = MIN_IDENTICAL
     max_allowed_diff: float = MAX_SCORE_DIFF
+    provider: str = "CPUExecutionProvider"
+    fp16: bool = False
 
     @property
     def passed(self) -> bool:
@@ -60,7 +64,8 @@ class ParityReport:
 
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
-        return (f"parity {verdict} on {self.cases} {self.source} cases: top-{self.k} identical "
+        runtime = self.provider.removesuffix("ExecutionProvider") + (" fp16" if self.fp16 else "")
+        return (f"parity {verdict} ({runtime}) on {self.cases} {self.source} cases: top-{self.k} identical "
                 f"{100 * self.identical:.3f}% (need >= {100 * self.min_identical:.1f}%), same set "
                 f"{100 * self.same_set:.3f}%, max |score diff| {self.max_score_diff:.2e} (need <= "
                 f"{self.max_allowed_diff:.0e}), max |item score diff| {self.max_item_score_diff:.2e}; "
@@ -128,4 +133,5 @@ def check_parity(net: nn.Module, scorer: Scorer, cases: Cases, *, source: str = 
     return ParityReport(source=source, cases=len(cases), k=k, identical=identical / n, same_set=same_set / n,
                         max_score_diff=max_diff_seen, max_item_score_diff=max_item_diff,
                         with_history=with_history, torch_seconds=t_torch, onnx_seconds=t_onnx,
-                        min_identical=min_identical, max_allowed_diff=max_diff)
+                        min_identical=min_identical, max_allowed_diff=max_diff, provider=scorer.providers[0],
+                        fp16=scorer.fp16)

@@ -8,6 +8,8 @@ The ONNX graph computes the top-K inside, so a batch returns ``[B, K]`` arrays, 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +43,24 @@ ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cp
 def _gpu_present() -> bool:
     """Whether an NVIDIA device node exists; avoids onnxruntime's CUDA load errors on CPU-only hosts."""
     return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages where they are installed, so the CUDA
+    provider finds them without ``LD_LIBRARY_PATH`` (onnxruntime's ``preload_dlls``; harmless where CUDA is
+    installed system-wide or a torch import already loaded them). What it prints goes to the log, not to
+    stdout, which carries the worker's structured logs."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except (OSError, RuntimeError) as exc:
+        printed.write(str(exc))
+    if printed.getvalue().strip():
+        log.warning("onnxruntime.preload_dlls: %s", " | ".join(printed.getvalue().split("\n")).strip(" |"))
 
 
 def resolve_providers(providers: str | Sequence[str] = "auto") -> list[str]:
@@ -125,6 +145,7 @@ class Scorer:
         trained = bool(self._graphs.get("history_trained", False))
         self.uses_history = self.has_history_inputs and (trained if history is None else history)
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
+        self.fp16 = bool(fp16) and self.on_gpu
         self.bucket = bucket
 
     def _open(self, requested: list[str], threads: int | None, fp16: bool, max_batch: int, spin: bool,
@@ -141,6 +162,8 @@ class Scorer:
         gpu = requested[0] in GPU_PROVIDERS
         if fp16 and not gpu:
             log.warning("fp16 requested but no GPU provider (%s): scoring in float32", requested[0])
+        if gpu:
+            _preload_cuda_libraries()
         model: str | bytes = str(self.path / MODEL_FILE)
         if fp16 and requested[0] == CUDA:
             model = _fp16_model(self.path / MODEL_FILE, self.n_items)
@@ -154,7 +177,7 @@ class Scorer:
         """Options of one provider. TensorRT gets an optimisation profile covering batch 1..max_batch and
         graphs up to the card's max_len, and an engine cache (engine builds take minutes)."""
         if provider == CUDA:
-            return {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}
+            return {"device_id": 0, "arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"}
         if provider != TENSORRT:
             return {}
         cache = Path(trt_cache) if trt_cache else (Path.home() / ".cache" / "igrec" / "trt"

@@ -212,3 +212,31 @@ def test_existing_output_needs_force(exported, tmp_path):
     _, art, _ = exported
     with pytest.raises(FileExistsError):
         build_artefact(ExportOptions(checkpoint="unused.pt", out=str(art)))
+
+
+def test_parity_command_rechecks_a_published_artefact(exported, tmp_path, capsys):
+    """igrec parity: the card's checkpoint, the chosen provider, a JSON report; the artefact is unchanged."""
+    _, art, data = exported
+    before = (art / CARD_FILE).read_text()
+    export_main(["parity", str(art), "--provider", "cpu", "--data", str(data), "--cases", "150",
+                 "--json", str(tmp_path / "parity.json")])
+    assert "parity PASSED (CPU) on 150 test cases" in capsys.readouterr().out
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and report["provider"] == "CPUExecutionProvider" and not report["fp16"]
+    assert report["identical"] == 1.0 and report["cases"] == 150
+    assert (art / CARD_FILE).read_text() == before
+
+
+def test_parity_command_refuses_another_checkpoint_and_misses_loudly(exported, tmp_path, capsys):
+    """Another network's weights are refused by sha256; a bar the figures miss exits 2."""
+    _, art, data = exported
+    card = json.loads((art / CARD_FILE).read_text())
+    other = tmp_path / "other.pt"
+    _checkpoint(other, ModelConfig.from_dict(card["model"]), seed=5)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["parity", str(art), "--checkpoint", str(other), "--data", str(data), "--provider", "cpu"])
+    assert exit_info.value.code == 1 and "is not the checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["parity", str(art), "--data", str(data), "--provider", "cpu", "--cases", "50",
+                     "--min-identical", "1.01"])
+    assert exit_info.value.code == 2 and "parity FAILED (CPU)" in capsys.readouterr().out
