@@ -9,11 +9,16 @@ PyTorch with the same batching, so it measures the runtime, not the batching. Al
 count; runs alternate between them so that load from other processes hits all alike. It also counts the
 cases whose top-20 lists differ from PyTorch's (same batch).
 
+On a GPU (``--provider cuda``) PyTorch runs on the GPU too, both in full float32 (TF32 off on both
+sides), each call starting from the numpy graphs on the host and ending with the top-K lists back on it;
+batch 4096 is added, and ``--fp16`` adds onnxruntime with the item product in float16.
+
 The model is a checkpoint (``--checkpoint``) or, without one, a Diginetica-sized IGRec with seeded random
 weights (43,097 items, the default config, the global graph built from the real training sessions):
 inference cost does not depend on the weights. Usage:
 
     python bench/bench_scorer.py [--checkpoint runs/dig_igrec/best.pt] [--threads 2] [--json out.json]
+    python bench/bench_scorer.py --provider cuda [--fp16] ...
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "diginetica" / "srgnn_split"
 DIGINETICA_ITEMS = 43_097
-ITERATIONS = {1: 300, 32: 60, 256: 20}
+ITERATIONS = {1: 300, 32: 60, 256: 20, 4096: 10}
 
 
 def random_checkpoint(path: Path, data: Path, seed: int) -> None:
@@ -70,16 +75,17 @@ def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, se
     ]
 
 
-def torch_runner(net, k: int, bucket: bool):
-    """PyTorch eager float32 top-``k`` of a batch of graphs (optionally in the scorer's size buckets)."""
+def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
+    """PyTorch eager float32 top-``k`` of a batch of graphs (optionally in the scorer's size buckets), on
+    ``device``: inputs copied there, top-K indices copied back (which waits for the GPU)."""
     import torch
 
     from export.scorer import size_buckets, trim_graphs
 
     def topk(g) -> np.ndarray:
         with torch.inference_mode():
-            logp = net(*(torch.from_numpy(np.ascontiguousarray(a)) for a in g.arrays()))
-            return torch.topk(logp, k, dim=-1).indices.numpy()
+            logp = net(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in g.arrays()))
+            return torch.topk(logp, k, dim=-1).indices.cpu().numpy()
 
     def run(g) -> np.ndarray:
         groups = size_buckets(g) if bucket else [np.arange(g.batch_size)]
@@ -122,6 +128,8 @@ BASELINE = {
     "torch + buckets": "torch + buckets",
     "onnxruntime": "torch",
     "onnxruntime + buckets": "torch + buckets",
+    "onnxruntime fp16": "torch",
+    "onnxruntime fp16 + buckets": "torch + buckets",
 }
 """The PyTorch row each runtime's ratio is taken against: the same batching, so the ratio is the runtime's."""
 
@@ -145,7 +153,7 @@ def summarise(size: int, result: dict) -> dict:
 def print_table(rows: list[dict]) -> None:
     """One line per (batch, runtime): latency percentiles, throughput, ratio to torch, top-20 mismatches."""
     head = (
-        f"{'batch':>5}  {'runtime':<22} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>10} {'x torch':>8} "
+        f"{'batch':>5}  {'runtime':<26} {'p50 ms':>8} {'p99 ms':>8} {'sessions/s':>10} {'x torch':>8} "
         f"{'top-20 differ':>14}"
     )
     print(head)
@@ -156,7 +164,7 @@ def print_table(rows: list[dict]) -> None:
             ratio = f"{m['speedup']:.2f}x"
             differ = f"{m['top20_differing']} / {r['top20_compared']}" if name != "torch" else "reference"
             print(
-                f"{r['batch']:>5}  {name:<22} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['sessions_per_s']:>10.0f} "
+                f"{r['batch']:>5}  {name:<26} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['sessions_per_s']:>10.0f} "
                 f"{ratio:>8} {differ:>14}"
             )
 
@@ -167,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artefact", type=Path, help="an exported artefact of --checkpoint (skip the export)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Diginetica split folder (test prefixes)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both runtimes")
-    parser.add_argument("--batches", default="1,32,256")
+    parser.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                        help="onnxruntime execution provider; with a GPU one, PyTorch runs on the GPU too")
+    parser.add_argument("--fp16", action="store_true", help="add onnxruntime with the float16 item product (GPU)")
+    parser.add_argument("--batches", help="comma-separated batch sizes (default: 1,32,256; on a GPU also 4096)")
     parser.add_argument("--iterations", type=float, default=1.0, help="multiplier of the per-batch run counts")
     parser.add_argument("--spin", action="store_true", help="let onnxruntime threads spin between runs")
     parser.add_argument("--seed", type=int, default=0)
@@ -180,8 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     from export.exporter import ExportOptions, build_artefact, load_network
     from export.scorer import Scorer
 
+    gpu = args.provider != "cpu"
+    if args.fp16 and not gpu:
+        parser.error("--fp16 needs a GPU provider (--provider cuda or tensorrt)")
+    device = "cuda" if gpu else "cpu"
+    batches = args.batches or ("1,32,256,4096" if gpu else "1,32,256")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     with tempfile.TemporaryDirectory(prefix="bench_scorer_") as tmp:
         checkpoint = args.checkpoint
         if checkpoint is None:
@@ -200,23 +218,34 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(report.summary())
         net, _ = load_network(checkpoint)
-        plain = Scorer(artefact, providers="cpu", threads=args.threads, spin=args.spin, bucket=False)
-        scorer = Scorer(artefact, providers="cpu", threads=args.threads, spin=args.spin)
+        net = net.to(device)
+        top = max(int(b) for b in batches.split(","))
+
+        def scorer(bucket: bool, fp16: bool = False) -> Scorer:
+            return Scorer(artefact, providers=args.provider, threads=args.threads, spin=args.spin, bucket=bucket,
+                          fp16=fp16, max_batch=top)
+
+        plain, bucketed = scorer(False), scorer(True)
         runners = {
-            "torch": torch_runner(net, scorer.k, bucket=False),
-            "torch + buckets": torch_runner(net, scorer.k, bucket=True),
+            "torch": torch_runner(net, plain.k, bucket=False, device=device),
+            "torch + buckets": torch_runner(net, plain.k, bucket=True, device=device),
             "onnxruntime": lambda g: plain.recommend(g)[0],
-            "onnxruntime + buckets": lambda g: scorer.recommend(g)[0],
+            "onnxruntime + buckets": lambda g: bucketed.recommend(g)[0],
         }
-        graphs = scorer.card["graphs"]
+        if args.fp16:
+            half, half_bucketed = scorer(False, fp16=True), scorer(True, fp16=True)
+            runners["onnxruntime fp16"] = lambda g: half.recommend(g)[0]
+            runners["onnxruntime fp16 + buckets"] = lambda g: half_bucketed.recommend(g)[0]
+        graphs = plain.card["graphs"]
+        where = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}"
         print(
-            f"model: {checkpoint} ({scorer.n_items:,} items, dim {net.config.dim}, interests "
-            f"{net.config.interests}); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}"
+            f"model: {checkpoint} ({plain.n_items:,} items, dim {net.config.dim}, interests "
+            f"{net.config.interests}); {where}, {os.cpu_count()} cores, {args.threads} threads; "
+            f"onnxruntime {ort.__version__} {plain.providers[0]}, torch {torch.__version__} on {device}"
         )
         print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
         rows = []
-        for size in (int(b) for b in args.batches.split(",")):
+        for size in (int(b) for b in batches.split(",")):
             iterations = max(3, int(ITERATIONS.get(size, 20) * args.iterations))
             data = batches_of(args.data, size, min(iterations, 20), graphs["max_len"], graphs["binary"], args.seed)
             rows.append(summarise(size, measure(runners, data, iterations)))
@@ -230,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
                         "load_after": os.getloadavg(),
                         "threads": args.threads,
                         "checkpoint": str(checkpoint),
+                        "provider": plain.providers[0],
+                        "device": where,
                     },
                     indent=2,
                 )
