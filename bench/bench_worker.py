@@ -165,13 +165,14 @@ async def fanout_ceiling(settings: Settings, events: list[dict], fanout: int) ->
 
 
 def record_profile(pid: int, svg: Path, seconds: int) -> subprocess.Popen:
-    """py-spy sampling ``pid`` for ``seconds`` into a flame graph (idle samples left out, threads apart)."""
+    """py-spy sampling ``pid`` for ``seconds`` into a flame graph (idle samples left out, threads apart); a
+    ``.txt`` path gets py-spy's collapsed stacks instead (one line per stack and its sample count)."""
     py_spy = Path(sys.executable).with_name("py-spy")
     if not py_spy.exists():
         raise SystemExit("--profile needs py-spy: install the dev extra (make setup does)")
     svg.parent.mkdir(parents=True, exist_ok=True)
     command = [str(py_spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--threads",
-               "--nonblocking", "--output", str(svg)]
+               "--nonblocking", "--output", str(svg), *(["--format", "raw"] if svg.suffix == ".txt" else [])]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=Path(f"{svg}.log").open("wb"))
 
 
@@ -266,9 +267,9 @@ def main() -> None:
                         help="also draw p50 / p99 latency against the offered rate (with the flat-out rate)")
     parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                         help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
-    parser.add_argument("--profile", type=Path, metavar="SVG",
+    parser.add_argument("--profile", type=Path, metavar="SVG|TXT",
                         help="also record the worker with py-spy (dev extra) in the flat-out phase and write a "
-                             "flame graph of all its threads here")
+                             "flame graph (.svg) or collapsed stacks (.txt) of all its threads here")
     parser.add_argument("--profile-seconds", type=int, default=15, help="length of the py-spy recording")
     parser.add_argument("--concurrent-users", type=int, default=1_000,
                         help="users clicking at the same time: sessions interleaved so that about this many are "

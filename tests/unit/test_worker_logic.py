@@ -4,6 +4,7 @@ scoring thread's OS name, the scoring queue's failure path."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +24,7 @@ from streams.worker import (
     _prepare_scoring_thread,
     event_triples,
     put_unless_stopped,
+    quiet_worker_class,
     score_batch,
 )
 
@@ -159,3 +161,26 @@ def test_a_stall_is_lag_without_progress_for_the_whole_interval_and_is_reported_
     assert not watch.stalled({0: 6}, lag=0, now=200.0), "no lag, no stall"
     assert not watch.stalled({0: 6}, lag=3, now=229.0)
     assert watch.stalled({0: 6}, lag=3, now=230.0)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_worker_keeps_the_root_logger_at_its_level(quiet: bool) -> None:
+    """faust's own Worker sets the root logger to DEBUG at --loglevel warning (for its terminal spinner), so
+    every debug call builds a record; the worker's class keeps the level it was given."""
+    import faust
+    from faust.worker import Worker
+
+    from streams.logs import logging_config
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    cls = quiet_worker_class() if quiet else Worker
+    worker = cls(faust.App("logging-probe", broker="kafka://127.0.0.1:1"), loglevel="warning",
+                 logging_config=logging_config("warning"), redirect_stdouts=False)
+    try:
+        worker._setup_logging()
+        assert (root.level == logging.WARNING) is quiet
+        assert (worker.spinner is None) is quiet
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
