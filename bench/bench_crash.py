@@ -51,11 +51,12 @@ from streams.harness import (
     isolated_settings,
     mismatched,
     next_counts,
+    run_prefix,
     uncommitted,
 )
 from streams.replay import cases_to_sessions, publish, session_events
 from streams.settings import ROOT, Settings
-from streams.topics import ensure_topics
+from streams.topics import delete_topics, ensure_topics
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 
@@ -154,6 +155,7 @@ def settle(settings: Settings, app_id: str, sessions: list[list[int]], expected:
         "mismatches": len(mismatched(got, expected)),
         "count_errors": next_count_errors(settings, sessions, timeout=60),
         "uncommitted": uncommitted(settings, app_id, timeout=30),
+        "prefix": run_prefix(settings),
     }
 
 
@@ -173,7 +175,8 @@ def main() -> int:
                         help="events published per second in kill9 and join rounds (default 250; broker rounds "
                              "publish before and after the outage at once)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and the sessions drawn")
-    parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here")
+    parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here, and each round's "
+                                                  "topics (else deleted after the round)")
     args = parser.parse_args()
 
     base = Settings.load()
@@ -196,6 +199,8 @@ def main() -> int:
         print(f"{r:>5} {row['events']:>6} {row['at']:>20} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "
               f"{row['count_errors']:>12} {row['uncommitted']:>11}", flush=True)
+        if not args.keep:
+            asyncio.run(delete_topics(base, row["prefix"]))
     failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"] or r["uncommitted"]
               or r.get("died")]
     times = sorted(r["recovered_s"] for r in rows)

@@ -36,10 +36,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
 from model.data import read_test_tsv
-from streams.harness import WorkerProcess
+from streams.harness import WorkerProcess, run_prefix
 from streams.replay import cases_to_sessions, session_events
 from streams.settings import ROOT, Settings
-from streams.topics import ensure_topics
+from streams.topics import delete_topics, ensure_topics
 from streams.worker import SCORER_THREAD
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
@@ -274,6 +274,9 @@ def main() -> None:
     parser.add_argument("--concurrent-users", type=int, default=1_000,
                         help="users clicking at the same time: sessions interleaved so that about this many are "
                              "active at once (1: one session after another)")
+    parser.add_argument("--keep-topics", action="store_true",
+                        help="keep the run's topics (its events, outputs, the worker's internal and changelog "
+                             "topics, the ceiling and relay topics) instead of deleting them at the end")
     args = parser.parse_args()
 
     base = Settings.load()
@@ -313,10 +316,9 @@ def main() -> None:
                     events[begin : begin + args.latency_events], rate, 600, parts[-1])))
         finally:
             worker.stop()
-    tag = settings.topic_events.split(".")[0]
     inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
     worker_events = 200 + args.events + len(args.rate) * args.latency_events
-    written = asyncio.run(messages_written(settings, tag, inputs))
+    written = asyncio.run(messages_written(settings, run_prefix(settings), inputs))
     fanout = round(written / worker_events)
     relayed = asyncio.run(fanout_ceiling(settings, events[: args.events], fanout))
 
@@ -338,6 +340,8 @@ def main() -> None:
           f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")
     if args.plot:
         plot_latency(args.plot, args.rate, at_rate, flat_out[0])
+    if not args.keep_topics:
+        asyncio.run(delete_topics(base, run_prefix(settings)))
         print(f"plot: {args.plot}")
 
 

@@ -39,6 +39,13 @@ def isolated_settings(settings: Settings) -> Settings:
     )
 
 
+def run_prefix(settings: Settings) -> str:
+    """The prefix that every topic of an isolated run shares: its own topics and, with an app id made from its
+    events topic (``<events>-w``), the workers' internal and changelog topics. For
+    :func:`streams.topics.delete_topics`."""
+    return settings.topic_events.split(".")[0] + "."
+
+
 @dataclass
 class WorkerProcess:
     """One `igrec worker` subprocess with its own local state folder and log file."""

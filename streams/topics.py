@@ -1,4 +1,4 @@
-"""Create igrec's topics (idempotently) with the configured partition count."""
+"""Create igrec's topics (idempotently) with the configured partition count; delete a run's own topics."""
 
 from __future__ import annotations
 
@@ -37,6 +37,22 @@ async def partition_count(settings: Settings, topic: str) -> int:
     if not described or described[0]["error_code"] or not described[0]["partitions"]:
         raise ValueError(f"topic {topic} does not exist")
     return len(described[0]["partitions"])
+
+
+async def delete_topics(settings: Settings, prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix``: the topics of one bench or test run (their
+    isolated settings give all of them, internal and changelog topics too, one prefix). Returns the names."""
+    if not prefix.rstrip("."):
+        raise ValueError(f"prefix {prefix!r} would delete every topic")
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        names = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if names:
+            await admin.delete_topics(names)
+        return names
+    finally:
+        await admin.close()
 
 
 def default_partition(key: bytes, partitions: int) -> int:

@@ -7,6 +7,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.settings import Settings
+from streams.topics import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +77,20 @@ async def test_committed_offsets_resume_where_the_group_stopped(settings: Settin
     second = await _consume(settings, topic_name, group="resume", count=5)
     assert [int(m.value) for m in first] == list(range(10))
     assert [int(m.value) for m in second] == list(range(10, 15))
+
+
+async def test_a_runs_topics_are_deleted_by_their_prefix_and_no_other(settings: Settings, topic_name: str) -> None:
+    """delete_topics removes exactly the topics under one run's prefix (benches clean up with it)."""
+    prefix = f"{topic_name}.run."
+    for name in (f"{prefix}events", f"{prefix}events-w-users-changelog", f"{topic_name}.other"):
+        await _create_topic(settings, name, 1)
+    assert await delete_topics(settings, prefix) == [f"{prefix}events", f"{prefix}events-w-users-changelog"]
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        left = {t for t in await admin.list_topics() if t.startswith(topic_name)}
+    finally:
+        await admin.close()
+    assert left == {f"{topic_name}.other"}
+    with pytest.raises(ValueError):
+        await delete_topics(settings, ".")
