@@ -1,7 +1,7 @@
 """Five ways faust-streaming 0.15 (with aiokafka) can lose events or redo work, and what the worker does about
 each. The first was found reading faust's source; the others by tracing failures into faust's and aiokafka's
 source: the second from ``bench/bench_crash.py``, the third, fourth and fifth from the second-worker test.
-docs/results.md has the A/B of each.
+docs/results.md has the A/B of each; docs/upstream.md drafts the reports for faust's and aiokafka's trackers.
 
 1. **The commit can outrun the state changelog.** faust writes a Table's changelog through its
    ``ProducerBuffer``: ``table[key] = value`` queues a message there, and a background task hands the queue to
