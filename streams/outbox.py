@@ -72,8 +72,13 @@ class Outbox:
         return partition
 
     async def send(self) -> None:
-        """Queue every filled builder in the producer (in order per partition) and start empty."""
+        """Queue every filled builder in the producer (in order per partition) and start empty.
+
+        Each builder is closed first: aiokafka sends a closed batch at the sender's next turn, an open one
+        only after the producer's linger (5 ms in the worker), which every output would wait for, and the
+        next ``send_batch`` to the same partition waits until the batch before it has left."""
         builders, self._builders = self._builders, {}
         for (topic, partition), batches in builders.items():
             for batch in batches:
+                batch.close()
                 await self._producer.send_batch(batch, topic, partition=partition)

@@ -94,3 +94,27 @@ async def test_a_runs_topics_are_deleted_by_their_prefix_and_no_other(settings: 
     assert left == {f"{topic_name}.other"}
     with pytest.raises(ValueError):
         await delete_topics(settings, ".")
+
+
+async def test_a_closed_record_batch_leaves_without_the_producers_linger(settings: Settings, topic_name: str) -> None:
+    """The Outbox closes its batches because aiokafka sends a closed batch at once and an open one only after
+    linger_ms (the worker's outputs would otherwise wait for it); this pins that aiokafka behaviour."""
+    import time
+
+    await _create_topic(settings, topic_name, 1)
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=1000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic_name, b"warm-up", partition=0)
+        took = {}
+        for closed in (True, False):
+            batch = producer.create_batch()
+            batch.append(key=None, value=b"x", timestamp=None)
+            if closed:
+                batch.close()
+            began = time.monotonic()
+            await (await producer.send_batch(batch, topic_name, partition=0))
+            took[closed] = time.monotonic() - began
+    finally:
+        await producer.stop()
+    assert took[True] < 0.5 <= took[False], took

@@ -1,5 +1,6 @@
 """The Outbox: messages grouped per topic-partition in order, split across full batches, keyed messages
-partitioned as Kafka's default partitioner would, a message too large for a batch sent alone in its place."""
+partitioned as Kafka's default partitioner would, a message too large for a batch sent alone in its place,
+every batch closed before it is queued."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ class FakeBatch:
     full), and an empty batch takes any one message, however large."""
 
     def __init__(self, size: int):
-        self.size, self.used, self.messages = size, 0, []
+        self.size, self.used, self.messages, self.closed = size, 0, [], False
+
+    def close(self):
+        self.closed = True
 
     def append(self, *, key, value, timestamp):
         if self.messages and self.used + len(value) > self.size:
@@ -34,6 +38,7 @@ class FakeProducer:
         return FakeBatch(self.size)
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> None:
+        assert batch.closed, "an open batch would wait for the producer's linger"
         self.sent.append((topic, partition, batch.messages))
 
 
