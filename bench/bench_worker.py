@@ -340,9 +340,9 @@ def main() -> None:
           f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")
     if args.plot:
         plot_latency(args.plot, args.rate, at_rate, flat_out[0])
+        print(f"plot: {args.plot}")
     if not args.keep_topics:
         asyncio.run(delete_topics(base, run_prefix(settings)))
-        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
