@@ -4,7 +4,8 @@
 #   2. `igrec parity` with the CUDA provider on the whole Diginetica test split (the export's bar);
 #   3. the same with the float16 item product (figures only: fp16 is not held to the fp32 bar);
 #   4. bench/bench_scorer.py on the GPU: PyTorch eager CUDA against onnxruntime CUDA, batch 1/32/256/4096.
-# Everything it prints is also written under $OUT (check.log, parity_*.json, bench.json).
+# Everything it prints is also written under $OUT (check.log, parity_*.json, bench.json); it ends with a
+# summary of the parity figures and of issue 5's GPU targets.
 # Rehearsal on a CPU machine: IGREC_DEVICE_PROVIDER=cpu IGREC_DEVICE_PYTHON=.venv/bin/python OUT=/tmp/o \
 #   bash -c 'for i in .device/*/; do bash bench/gpu/receive.sh $(basename $i); done; bash bench/gpu/check.sh'
 set -uo pipefail
@@ -55,5 +56,21 @@ fi
 step timeout 240 "$py" bench/bench_scorer.py --artefact "$hold/artefact" "${common[@]}" "${fp16[@]}" \
   --threads "$(nproc)" --json "$OUT/bench.json"
 bench=$?
+step "$py" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for name in sorted(out.glob("parity_*.json")):
+    r = json.loads(name.read_text())
+    print(f"{name.stem}: identical {100 * r['identical']:.3f} %, same set {100 * r['same_set']:.3f} %, "
+          f"max |score diff| {r['max_score_diff']:.2e}, {r['cases']} cases, passed {r['passed']}")
+bench = out / "bench.json"
+rows = {r["batch"]: r for r in json.loads(bench.read_text())["rows"]} if bench.exists() else {}
+for runtime in ("onnxruntime", "onnxruntime + buckets", "onnxruntime fp16", "onnxruntime fp16 + buckets"):
+    big, one = rows.get(4096, {}).get(runtime), rows.get(1, {}).get(runtime)
+    big_txt = f"{big['sessions_per_s']:,.0f} sessions/s at batch 4096 (target >= 1,000,000)" if big else "no batch 4096"
+    one_txt = f"p99 {one['p99_ms']:.2f} ms at batch 1 (target <= 2)" if one else "no batch 1"
+    print(f"{runtime}: {big_txt}; {one_txt}")
+PY
 say "parity exit $parity, bench exit $bench"
 [ "$parity" -eq 0 ] && [ "$bench" -eq 0 ]
