@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from export.artefact import MAX_SCORE_DIFF, MIN_IDENTICAL
+
 
 def _run_export(args: argparse.Namespace) -> None:
     from export.exporter import ExportOptions, build_artefact
@@ -64,10 +66,11 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"])
     p.add_argument("--batch-size", type=int, default=256, help="sessions per scoring call")
     p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime")
-    p.add_argument("--min-identical", type=float, default=0.999,
-                   help="fraction of top-K lists that must be identical (the export's bar: 0.999)")
-    p.add_argument("--max-diff", type=float, default=1e-4,
-                   help="largest allowed |score difference| (the export's bar: 1e-4; fp16 needs a looser one)")
+    p.add_argument("--min-identical", type=float, default=MIN_IDENTICAL,
+                   help=f"fraction of top-K lists that must be identical (the export's bar: {MIN_IDENTICAL})")
+    p.add_argument("--max-diff", type=float, default=MAX_SCORE_DIFF,
+                   help=f"largest allowed |score difference| (the export's bar: {MAX_SCORE_DIFF:g}; fp16 needs a "
+                        "looser one)")
     p.add_argument("--json", help="also write the report here")
 
 

@@ -26,20 +26,15 @@ from export.artefact import (
     FORMAT_VERSION,
     INTERESTS_FILE,
     ITEMS_FILE,
+    MAX_SCORE_DIFF,
+    MIN_IDENTICAL,
     MODEL_FILE,
     checksums,
     sha256_file,
     write_items,
 )
 from export.onnx_export import export_onnx
-from export.parity import (
-    MAX_SCORE_DIFF,
-    MIN_IDENTICAL,
-    ParityError,
-    ParityReport,
-    check_parity,
-    sample_cases,
-)
+from export.parity import ParityError, ParityReport, check_parity, sample_cases
 from export.scorer import Scorer
 from model.data import Cases, SessionSplit
 from model.graphs import build_history_graphs
@@ -196,7 +191,9 @@ def write_card(folder: Path, card: dict) -> None:
 
 
 def load_split(data: str | None, raw_format: str | None) -> SessionSplit | None:
-    if not data:
+    """The split (or raw log) ``data`` names, or None when it names none or it is not on this machine (the
+    parity check then runs on synthetic sessions)."""
+    if not data or not Path(data).exists():
         return None
     from model.train import load_dataset
 
@@ -248,8 +245,7 @@ def verify_artefact(opts: VerifyOptions) -> ParityReport:
         raise FileNotFoundError(f"{opts.data}: no such split folder or log")
     net, _ = load_network(checkpoint)
     data = opts.data or card["dataset"]["data"]
-    split = load_split(data, opts.raw_format or card["train"].get("raw_format")) if data and Path(data).exists() \
-        else None
+    split = load_split(data, opts.raw_format or card["train"].get("raw_format"))
     cases, source = parity_cases(split, scorer.n_items, opts.cases)
     return check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,
                         max_len=card["graphs"]["max_len"], binary=card["graphs"]["binary"],
@@ -268,7 +264,7 @@ def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:
     results = run_results(checkpoint)
     opts.data = opts.data or state.get("train", {}).get("data")
     opts.raw_format = opts.raw_format or state.get("train", {}).get("raw_format")
-    split = load_split(opts.data, opts.raw_format) if opts.data and Path(opts.data).exists() else None
+    split = load_split(opts.data, opts.raw_format)
     n_items = int(net.config.n_items)
     if split is not None and split.n_items > n_items:
         raise ValueError(f"{opts.data} has items up to {split.n_items}, the model only {n_items}")

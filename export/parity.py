@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.artefact import MAX_SCORE_DIFF, MIN_IDENTICAL
 from export.scorer import Scorer
 from model.data import Cases
 from model.graphs import SessionGraphs, build_history_graphs, build_session_graphs
-
-MIN_IDENTICAL = 0.999
-MAX_SCORE_DIFF = 1e-4
 
 
 class ParityError(RuntimeError):
