@@ -9,6 +9,7 @@ The ONNX graph computes the top-K inside, so a batch returns ``[B, K]`` arrays, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Sequence
@@ -45,11 +46,12 @@ def _gpu_present() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+@functools.cache
 def _preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages where they are installed, so the CUDA
     provider finds them without ``LD_LIBRARY_PATH`` (onnxruntime's ``preload_dlls``; harmless where CUDA is
     installed system-wide or a torch import already loaded them). What it prints goes to the log, not to
-    stdout, which carries the worker's structured logs."""
+    stdout, which carries the worker's structured logs. Once per process: later Scorers find them loaded."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
         return

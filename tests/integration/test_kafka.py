@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -99,8 +101,6 @@ async def test_a_runs_topics_are_deleted_by_their_prefix_and_no_other(settings: 
 async def test_a_closed_record_batch_leaves_without_the_producers_linger(settings: Settings, topic_name: str) -> None:
     """The Outbox closes its batches because aiokafka sends a closed batch at once and an open one only after
     linger_ms (the worker's outputs would otherwise wait for it); this pins that aiokafka behaviour."""
-    import time
-
     await _create_topic(settings, topic_name, 1)
     producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), linger_ms=1000)
     await producer.start()
