@@ -10,7 +10,7 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
      produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
      alone on this machine;
-  5. the worker's CPU time per event in phase 2, from /proc: its scoring thread and the rest of the process
+  5. the worker's CPU time per event in phase 2, from /proc: its scorer process and the rest of the worker
      (steadier than events/s when other work shares the cores).
 Events are real Diginetica test sessions replayed click by click, one user per session, interleaved so that
 about --concurrent-users users are active at once (a micro-batch then rarely holds two events of one user, as
@@ -38,9 +38,9 @@ from deploy import stack
 from model.data import read_test_tsv
 from streams.harness import WorkerProcess, run_prefix
 from streams.replay import cases_to_sessions, session_events
+from streams.scoring import SCORER_THREAD
 from streams.settings import ROOT, Settings
 from streams.topics import delete_topics, ensure_topics
-from streams.worker import SCORER_THREAD
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 
@@ -177,24 +177,51 @@ def record_profile(pid: int, svg: Path, seconds: int) -> subprocess.Popen:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) per OS thread name of process ``pid`` (Linux /proc). The worker's scoring
-    thread is ``SCORER_THREAD``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time,
-    unlike wall time, is not inflated when other processes share the cores."""
-    tick = os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) per OS thread name of process ``pid`` and of its child processes (Linux
+    /proc); a child's threads all count under the name of its main thread. The worker's scorer process is
+    ``SCORER_THREAD``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time, unlike wall
+    time, is not inflated when other processes share the cores."""
     cpu: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for name, seconds in _task_cpu(pid):
+        cpu[name] = cpu.get(name, 0.0) + seconds
+    for child in _children(pid):
+        tasks = _task_cpu(child)
+        main = next((name for name, _ in tasks), None)
+        if main is not None:
+            cpu[main] = cpu.get(main, 0.0) + sum(seconds for _, seconds in tasks)
+    return cpu
+
+
+def _task_cpu(pid: int) -> list[tuple[str, float]]:
+    """(OS name, CPU seconds) of each thread of ``pid``, its main thread first."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = []
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return found
+    for task in sorted(tasks.iterdir(), key=lambda t: int(t.name) != pid):
         try:
             stat = (task / "stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return cpu
+        found.append((stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick))
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (every thread's ``children`` list)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
-    """Microseconds of CPU per event: the scoring thread, and the rest of the worker process."""
+    """Microseconds of CPU per event: the scorer process, and the rest of the worker process."""
     used = {name: after[name] - before.get(name, 0.0) for name in after}
     scorer = sum(v for name, v in used.items() if name.startswith(SCORER_THREAD))
     return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
@@ -334,7 +361,7 @@ def main() -> None:
         print(f"\nthe worker's own split at {rate:,.0f} events/s, p50 / p99 ms: " + "; ".join(
             f"{name} {np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
             for name, values in latency_split(split).items()))
-    print(f"\nworker CPU per event, flat-out phase: scoring thread {cpu['scorer']:.0f} us, the rest (event loop, "
+    print(f"\nworker CPU per event, flat-out phase: scorer process {cpu['scorer']:.0f} us, the rest (event loop, "
           f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}; "
           f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")

@@ -6,7 +6,7 @@ served top-K list with the offline tie rule (``model.metrics.ranks_from_top_k``)
 artefact the numbers equal the offline evaluation of that artefact exactly.
 
 A/B on recorded traffic re-scores one recorded events topic with two artefacts through the worker's own
-state and scoring code (``streams.state``, ``streams.worker.score_batch``), so both see identical sessions.
+state and scoring code (``streams.state``, ``streams.scoring.score_batch``), so both see identical sessions.
 """
 
 from __future__ import annotations
@@ -114,9 +114,9 @@ async def stream_metrics(settings: Settings, run: str | None = None) -> dict[str
 def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 256) -> list[dict]:
     """Recommendations for recorded raw events, through the worker's validation, state and scoring code."""
     from export.scorer import Scorer
+    from streams.scoring import score_batch
     from streams.state import SessionPolicy, apply_event
     from streams.validate import EventError, parse_event
-    from streams.worker import score_batch
 
     scorer = Scorer(artefact)
     states: dict[str, dict] = {}

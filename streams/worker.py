@@ -7,12 +7,12 @@ One faust agent takes up to ``batch_max`` events or whatever arrived within ``ba
 3. sends the batch's item -> item transitions to a second agent, which owns the global NEXT counts;
 4. queues the batch for scoring and goes on to the next batch.
 
-A scoring task hands everything waiting to the scoring thread (``export.scorer.Scorer``, one onnxruntime
-call per chunk of at most ``SCORE_CHUNK`` events) whenever that thread is free, so chunks grow with the
-load. An emitter task takes the scored chunks in order and sends a Recommendation and an EnrichedEvent per event
-and the knowledge triples the event creates, encoded into Kafka record batches (``streams.outbox``) rather
-than one producer call at a time. So the event loop admits batch n + 1 while the scoring thread scores
-batch n: both cores work.
+The scoring thread (``streams.scoring``) takes everything admitted and waiting as soon as it is free and has
+it scored by ``export.scorer.Scorer`` in a child process (one request per chunk of at most ``SCORE_CHUNK``
+events), so chunks grow with the load. An emitter task takes the scored chunks in order and sends a
+Recommendation and an EnrichedEvent per event and the knowledge triples the event creates, encoded into Kafka
+record batches (``streams.outbox``) rather than one producer call at a time. So the event loop admits batch
+n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
 outputs are queued in faust's producer, and faust flushes that producer (outputs and changelog; all of the
@@ -30,14 +30,9 @@ user id (checked).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
-import os
-import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +44,7 @@ import orjson
 from streams import faust_fixes, metrics
 from streams.outbox import Outbox, kafka_producer
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
+from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stopped
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, apply_event
 from streams.topics import default_partition, ensure_topics
@@ -66,11 +62,11 @@ SCORE_CHUNK = 128
 """Most events per onnxruntime call."""
 BATCHES_IN_FLIGHT = 4
 """Admitted micro-batches waiting for the scoring thread; past this many the agent waits (backpressure)."""
+CHUNKS_IN_FLIGHT = 3
+"""Scored chunks handed to the emitter and not yet sent; past this many the scoring thread waits."""
 STATS_INTERVAL_S = 5.0
 STALL_S = 30.0
 """Lag with no event taken for this long is logged as a stall, with what the consumer and the pipeline hold."""
-SCORER_THREAD = "igrec-scorer"
-"""OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
 DLQ_TEXT_BYTES = MAX_MESSAGE_BYTES
 """Most bytes of a refused key or value copied into its DLQ record."""
 INTEREST_ITEMS_REMEMBERED = 1_000_000
@@ -113,18 +109,9 @@ class Scored:
     message: Any
 
 
-@dataclass
-class Chunk:
-    """Scored events, in the order the emitter must send their outputs."""
-
-    items: list[Scored]
-    results: list[Scoring]
-    began: float
-
-
 def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     """The faust app with its topics, the ``users`` Table and the scoring agent."""
-    from export.scorer import Scorer
+    from export.artefact import read_card, verify_card
 
     data_dir = config.data_dir or settings.state_dir / "worker" / config.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,10 +141,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         internal=True,
     )
     next_counts = app.Table("next-counts", partitions=partitions, key_type=bytes)
-    scorer = Scorer(config.artefact, providers=config.providers, threads=config.threads, spin=False)
-    model_version = str(scorer.card.get("model_version") or scorer.card.get("created", "unknown"))
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=SCORER_THREAD,
-                                  initializer=_prepare_scoring_thread, initargs=(SCORER_THREAD, config.scorer_nice))
+    card = read_card(config.artefact)
+    verify_card(card, config.artefact)
+    model_version = str(card.get("model_version") or card.get("created", "unknown"))
+    scorer = ScorerProcess(config.artefact, providers=config.providers, threads=config.threads,
+                           nice=config.scorer_nice)
     interest_items_sent: set[str] = set()
 
     def dead_letter(out: Outbox, message: Any, reason: str) -> None:
@@ -235,11 +223,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         )
         out.add(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
         item_interests = None
-        if scoring.known_item and scoring.interests is not None and event.item_id not in interest_items_sent:
+        if scoring.item_interests is not None and event.item_id not in interest_items_sent:
             if len(interest_items_sent) >= INTEREST_ITEMS_REMEMBERED:
                 interest_items_sent.clear()
             interest_items_sent.add(event.item_id)
-            item_interests = [float(w) for w in scorer.interest_weights([scoring.clicked])]
+            item_interests = scoring.item_interests
         for fact in event_triples(event, step, scoring, model_version, item_interests):
             out.add(settings.topic_triples, key, fact)
         metrics.LATENCY.observe(now - item.kafka_ts)
@@ -252,11 +240,12 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         only when every reference is released (and all earlier offsets), and flushes the producer before it
         commits, so no event is committed before its outputs are in Kafka."""
         out = await open_outbox()
-        admitted_queue: asyncio.Queue[list[Scored]] = asyncio.Queue(maxsize=BATCHES_IN_FLIGHT)
-        scored_queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=2)
-        pipeline.update(admitted=admitted_queue, scored=scored_queue)
-        emitter = asyncio.ensure_future(emit_in_order(scored_queue))
-        scoring = asyncio.ensure_future(score_in_order(admitted_queue, scored_queue, emitter))
+        stage: ScoringThread[Scored, Scoring] = ScoringThread(
+            lambda items: scorer([item.step for item in items]), chunk=SCORE_CHUNK,
+            max_waiting=BATCHES_IN_FLIGHT, max_scored=CHUNKS_IN_FLIGHT, nice=config.scorer_nice)
+        stage.start()
+        pipeline.update(admitted=stage.inbox, scored=stage.scored)
+        emitter = asyncio.ensure_future(emit_in_order(stage))
         try:
             async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
                 now = time.time()
@@ -275,38 +264,24 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 add_transitions(out, admitted)
                 await out.send()
                 if admitted:
-                    await put_unless_stopped(admitted_queue, admitted, scoring)
+                    await unless_stopped(stage.put(admitted), emitter)
         finally:
-            scoring.cancel()
             emitter.cancel()
+            stage.stop()
 
-    async def score_in_order(admitted_queue: asyncio.Queue[list[Scored]], scored_queue: asyncio.Queue[Chunk],
-                             emitter: asyncio.Future) -> None:
-        """Whenever the scoring thread is free, score every admitted event waiting (in chunks of at most
-        ``SCORE_CHUNK``): chunks grow with the load, instead of many small ones queueing up behind it."""
-        loop = asyncio.get_running_loop()
-        while True:
-            waiting = await admitted_queue.get()
-            while not admitted_queue.empty() and len(waiting) < SCORE_CHUNK:
-                waiting += admitted_queue.get_nowait()
-            for i in range(0, len(waiting), SCORE_CHUNK):
-                items = waiting[i : i + SCORE_CHUNK]
-                began = time.perf_counter()
-                results = await loop.run_in_executor(executor, score_batch, scorer, [a.step for a in items])
-                metrics.BATCH.observe(len(items))
-                await put_unless_stopped(scored_queue, Chunk(items, results, began), emitter)
-
-    async def emit_in_order(scored_queue: asyncio.Queue[Chunk]) -> None:
+    async def emit_in_order(stage: ScoringThread[Scored, Scoring]) -> None:
         """Outputs of each scored chunk, in admission order, then the release of its events' messages."""
         out = await open_outbox()
         while True:
-            chunk = await scored_queue.get()
+            chunk = await stage.get()
             score_ms = 1000.0 * (time.perf_counter() - chunk.began)
             for item, scoring in zip(chunk.items, chunk.results, strict=True):
                 emit(out, item, scoring, score_ms)
             await out.send()
             for item in chunk.items:
                 item.message.ack(app.consumer)
+            stage.done_with(chunk)
+            metrics.BATCH.observe(len(chunk.items))
             metrics.SCORE_SECONDS.observe(time.perf_counter() - chunk.began)
             metrics.EVENTS.labels(outcome="recommended").inc(len(chunk.items))
 
@@ -346,7 +321,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             await out.send()
 
     processed: dict[int, int] = {}
-    pipeline: dict[str, asyncio.Queue] = {}
+    pipeline: dict[str, Any] = {}
     stall = StallWatch()
 
     @app.task
@@ -372,7 +347,6 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                         extra={"fields": {**stall_report(app, pipeline), "lag_per_partition": lags}})
 
     faust_fixes.install(app)
-    app.igrec_scorer = scorer
     return app
 
 
@@ -400,7 +374,7 @@ class StallWatch:
         return True
 
 
-def stall_report(app: faust.App, pipeline: dict[str, asyncio.Queue]) -> dict[str, Any]:
+def stall_report(app: faust.App, pipeline: dict[str, Any]) -> dict[str, Any]:
     """What a stuck worker holds: its assignment, the partitions its consumer fetches, pauses or holds back for a
     full buffer, flow control and recovery, un-acknowledged messages, the pipeline's queues, and where each agent
     waits. Reads faust's private consumer attributes where it has no public ones (missing ones read None)."""
@@ -456,80 +430,6 @@ def _dlq_text(raw: bytes | None) -> str | None:
     return None if raw is None else raw[:DLQ_TEXT_BYTES].decode(errors="replace")
 
 
-def _prepare_scoring_thread(name: str, nice: int) -> None:
-    """Name the scoring thread at the OS level and change its scheduling priority by ``nice``."""
-    _name_os_thread(name)
-    _renice_thread(nice)
-
-
-def _name_os_thread(name: str) -> None:
-    """Give the calling thread an OS-level name (Linux ``prctl``), so ``top -H``, py-spy and the worker bench's
-    CPU accounting can tell the scoring thread from the event loop; a no-op elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
-
-
-def _renice_thread(nice: int) -> None:
-    """Add ``nice`` to the calling thread's nice value (Linux schedules threads one by one; negative is a higher
-    priority). Raising the priority needs CAP_SYS_NICE; without it the thread keeps its priority (logged)."""
-    if not nice or not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)))
-    except OSError as error:
-        log.info("the scoring thread keeps its priority (nice %+d refused: %s)", nice, error.strerror)
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """The scorer's answer for one event: top-K external ids and log-probabilities (empty when not scored),
-    the clicked item's model index (0 when it is not in the model's vocabulary), and the session's interest
-    weights (the mean interest assignment of its known items; None without an interest table or a known
-    item)."""
-
-    items: list[str]
-    scores: list[float]
-    scored: bool
-    clicked: int
-    interests: list[float] | None
-
-    @property
-    def known_item(self) -> bool:
-        return self.clicked > 0
-
-
-def score_batch(scorer: Any, steps: list[Step]) -> list[Scoring]:
-    """Score each step's current session; unknown items are left out of the scored session, and a session
-    with no known item (or an event whose clicks left the bounded state) is not scored. Users' histories are
-    mapped only for a scorer that uses them. Runs on the scoring thread: the Python work here holds the GIL
-    the event loop needs, so results are converted per batch, not per item."""
-    indices = [scorer.index_of(step.current) for step in steps]
-    known = [session[session > 0] for session in indices]
-    rows = [b for b, session in enumerate(known) if session.size]
-    top_ids: list[list[str]] = []
-    top_scores: list[list[float]] = []
-    if rows:
-        histories = None
-        if scorer.uses_history:
-            histories = [[(h := scorer.index_of(s))[h > 0] for s in steps[b].history] for b in rows]
-        top, scores = scorer.recommend_sessions([known[b] for b in rows], histories)
-        top_ids, top_scores = scorer.external_ids(top).tolist(), scores.tolist()
-    weights = [scorer.interest_weights(session) for session in known]
-    row_of = {b: row for row, b in enumerate(rows)}
-    results = []
-    for b, session in enumerate(indices):
-        row = row_of.get(b)
-        results.append(Scoring(
-            items=top_ids[row] if row is not None else [],
-            scores=top_scores[row] if row is not None else [],
-            scored=row is not None,
-            clicked=int(session[-1]) if len(session) else 0,
-            interests=None if weights[b] is None else weights[b].tolist(),
-        ))
-    return results
-
-
 def event_triples(event: Event, step: Step, scoring: Scoring | None = None, model_version: str = "",
                   item_interests: list[float] | None = None) -> list[bytes]:
     """The knowledge facts one event creates, as absolute values (safe to re-deliver).
@@ -554,19 +454,6 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
             facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
                       for m, w in enumerate(item_interests)]
     return [fact.to_json() for fact in facts]
-
-
-async def put_unless_stopped(queue: asyncio.Queue, item: Any, consumer: asyncio.Future) -> None:
-    """``queue.put(item)``, unless the task ``consumer`` that empties the queue has ended: then its exception
-    (or a RuntimeError) is raised instead of waiting forever on a full queue."""
-    if not consumer.done():
-        put = asyncio.ensure_future(queue.put(item))
-        await asyncio.wait({put, consumer}, return_when=asyncio.FIRST_COMPLETED)
-        if put.done():
-            return
-        put.cancel()
-    consumer.result()
-    raise RuntimeError("the emitter stopped")
 
 
 def transition_key(head: str, tail: str) -> bytes:

@@ -230,3 +230,58 @@ def test_fp16_rewrite_is_a_valid_graph_close_to_float32(artefact):
     assert items.dtype == np.int64 and scores.dtype == np.float32
     np.testing.assert_allclose(scores, ref_scores, atol=2e-2)
     assert (items[:, :5] == ref_items[:, :5]).mean() > 0.9
+
+
+def _prefixes(scorer: Scorer, seed: int, n: int):
+    """Session prefixes over the artefact's external ids, with an unknown item and users' earlier sessions."""
+    from streams.scoring import SessionPrefix
+
+    rng = np.random.default_rng(seed)
+    ids = scorer.external_ids(np.arange(1, N_ITEMS + 1)).tolist()
+    prefixes = []
+    for i in range(n):
+        current = [ids[j] for j in rng.integers(0, N_ITEMS, rng.integers(1, 12))]
+        current += ["never-seen"] if i % 5 == 0 else []
+        prefixes.append(SessionPrefix(current, [[ids[j] for j in rng.integers(0, N_ITEMS, 4)]] if i % 2 else []))
+    return prefixes
+
+
+def test_the_worker_scorer_process_answers_as_the_scorer_in_this_process(artefact):
+    """streams.scoring.ScorerProcess (the worker's scorer, in a child process) gives exactly what score_batch
+    gives with a Scorer here: same top-K, scores, interests."""
+    from streams.scoring import ScorerProcess, score_batch
+
+    local = Scorer(artefact, providers="cpu", threads=1, spin=False)
+    prefixes = _prefixes(local, seed=6, n=40)
+    remote = ScorerProcess(artefact, providers="cpu", threads=1)
+    try:
+        assert remote.providers == [CPU]
+        assert remote(prefixes) == score_batch(local, prefixes)
+        assert remote([]) == []
+    finally:
+        remote.close()
+    assert not remote._process.is_alive()
+
+
+def test_the_worker_scorer_process_refuses_a_corrupted_artefact_at_start(copy):
+    from streams.scoring import ScorerProcess
+
+    with (copy / MODEL_FILE).open("r+b") as f:
+        f.seek(100)
+        f.write(b"\x00" * 8)
+    with pytest.raises(RuntimeError, match="sha256"):
+        ScorerProcess(copy, providers="cpu")
+
+
+def test_a_dead_worker_scorer_process_is_an_error_not_a_hang(artefact):
+    import os
+    import signal
+
+    from streams.scoring import ScorerProcess
+
+    remote = ScorerProcess(artefact, providers="cpu", threads=1)
+    os.kill(remote.pid, signal.SIGKILL)
+    remote._process.join(timeout=10)
+    with pytest.raises(RuntimeError, match="scorer process ended"):
+        remote(_prefixes(Scorer(artefact, providers="cpu"), seed=7, n=3))
+    remote.close()

@@ -1,9 +1,8 @@
 """The worker's pure pieces: batch scoring around unknown items, the triples of an event, partitioning, the
-scoring thread's OS name, the scoring queue's failure path."""
+scoring thread's OS name."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import threading
@@ -15,18 +14,10 @@ import pytest
 
 from streams import metrics
 from streams.records import Event
+from streams.scoring import SCORER_THREAD, name_os_thread, prepare_scoring_thread, score_batch
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import (
-    SCORER_THREAD,
-    StallWatch,
-    _name_os_thread,
-    _prepare_scoring_thread,
-    event_triples,
-    put_unless_stopped,
-    quiet_worker_class,
-    score_batch,
-)
+from streams.worker import StallWatch, event_triples, quiet_worker_class
 
 
 class FakeScorer:
@@ -63,6 +54,8 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
     assert np.allclose(results[0].interests, [0.15, 0.85]), "mean over the known clicks 1 and 2"
     assert results[0].clicked == 2, "the clicked item's model index"
     assert results[1].interests is None and results[1].clicked == 0
+    assert np.allclose(results[0].item_interests, [0.2, 0.8]), "the clicked item's own interests"
+    assert results[1].item_interests is None, "an unknown item has none"
     assert [(r.items, r.scores, r.scored) for r in results[1:]] == [([], [], False)] * 2
     sessions, histories = scorer.calls
     assert [s.tolist() for s in sessions] == [[1, 2]] and [[h.tolist() for h in u] for u in histories] == [[[3]]], (
@@ -75,8 +68,8 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
 def test_interest_triples_carry_absolute_weights_and_item_facts_only_when_new() -> None:
     event = Event(schema_version=1, event_id="e", user_id="u", item_id="2", ts=1.7e9)
     scoring = score_batch(FakeScorer(), [step(["1", "2"], position=1)])[0]
-    own = [float(w) for w in FakeScorer().interest_weights([scoring.clicked])]
-    facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1", own)]
+    facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1",
+                                                    scoring.item_interests)]
     user = [f for f in facts if f["rel"] == "INTERESTED_IN"]
     assert [(f["tail"]["id"], round(f["props"]["weight"], 6)) for f in user] == [("m1/0", 0.15), ("m1/1", 0.85)]
     item = [f for f in facts if f["rel"] == "IN_INTEREST"]
@@ -107,7 +100,7 @@ def test_the_scoring_thread_has_an_os_name_the_bench_can_find() -> None:
     names: list[str] = []
 
     def run() -> None:
-        _name_os_thread(SCORER_THREAD)
+        name_os_thread(SCORER_THREAD)
         names.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip())
 
     thread = threading.Thread(target=run)
@@ -122,29 +115,13 @@ def test_the_scoring_thread_priority_changes_by_the_configured_nice_value() -> N
     def run() -> None:
         stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat")
         before = int(stat.read_text().rsplit(")", 1)[1].split()[16])
-        _prepare_scoring_thread(SCORER_THREAD, 3)  # lowering a priority needs no privilege
+        prepare_scoring_thread(SCORER_THREAD, 3)  # lowering a priority needs no privilege
         niceness.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]) - before)
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join()
     assert niceness == [3]
-
-
-def test_a_full_queue_raises_the_emitters_error_instead_of_waiting_forever() -> None:
-    async def scenario() -> None:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-
-        async def failing_emitter() -> None:
-            await asyncio.sleep(0.05)
-            raise RuntimeError("scoring failed")
-
-        emitter = asyncio.ensure_future(failing_emitter())
-        await put_unless_stopped(queue, 1, emitter)
-        with pytest.raises(RuntimeError, match="scoring failed"):
-            await asyncio.wait_for(put_unless_stopped(queue, 2, emitter), timeout=5)
-
-    asyncio.run(scenario())
 
 
 def test_a_stall_is_lag_without_progress_for_the_whole_interval_and_is_reported_once_per_interval() -> None:

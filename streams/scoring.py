@@ -1,0 +1,366 @@
+"""The worker's scoring stage: the scorer in a child process, fed by a thread of the worker that pulls
+admitted events itself and hands scored chunks back to the event loop.
+
+The event loop admits micro-batches (validation, state, Kafka I/O); the scorer runs ``export.scorer.Scorer``.
+Two choices keep both cores busy:
+
+- **A process for the scorer** (:class:`ScorerProcess`). The scorer's own Python work (id mapping, graph
+  building, results to lists, and a return from each onnxruntime call, one per size bucket) needs the GIL,
+  and in the worker's process it waited for the event loop to let go of it: inside the scorer, the scoring
+  thread was off its core about a third of the time. The child has its own interpreter; the worker's side
+  only pickles the sessions out and the answers back.
+- **A thread that pulls** (:class:`ScoringThread`). It takes the next chunk as soon as it has finished the
+  last one. Submitting each chunk from the event loop (``run_in_executor``) left the scorer idle until the
+  loop had resumed the submitting task, and the loop runs one callback at a time: while the agent admitted
+  a micro-batch of 256 events (several milliseconds), the scorer waited.
+
+Backpressure both ways: :meth:`ScoringThread.put` waits while ``max_waiting`` batches wait for the thread, and
+the thread waits while ``max_scored`` chunks are with the emitter (released by :meth:`ScoringThread.done_with`).
+A failure of the scoring function (the scorer process's included) ends the thread; :meth:`~ScoringThread.put`
+and :meth:`~ScoringThread.get` then raise it, so the agent fails loudly instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
+
+log = logging.getLogger("igrec.worker")
+
+SCORER_THREAD = "igrec-scorer"
+"""OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Chunk(Generic[T, R]):
+    """Scored items with their results, in the order the emitter must send their outputs; ``began`` is the
+    ``time.perf_counter()`` at which their scoring started."""
+
+    items: list[T]
+    results: list[R]
+    began: float
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The scorer's answer for one event: top-K external ids and log-probabilities (empty when not scored),
+    the clicked item's model index (0 when it is not in the model's vocabulary), and the session's interest
+    weights (the mean interest assignment of its known items; None without an interest table or a known
+    item)."""
+
+    items: list[str]
+    scores: list[float]
+    scored: bool
+    clicked: int
+    interests: list[float] | None
+    item_interests: list[float] | None = None
+    """The clicked item's own interest assignment (None when unknown or without an interest table)."""
+
+    @property
+    def known_item(self) -> bool:
+        return self.clicked > 0
+
+
+SCORING_FIELDS = tuple(f.name for f in fields(Scoring))
+"""A :class:`Scoring` crosses the pipe as a plain tuple in this order (cheaper to pickle than the object)."""
+
+
+class SessionPrefix(NamedTuple):
+    """What scoring needs of an event (a ``streams.state.Step`` has the same attributes): the external ids of
+    the current session's clicks up to and including it, and the user's earlier sessions."""
+
+    current: list[str]
+    history: list[list[str]]
+
+
+def score_batch(scorer: Any, steps: Sequence[SessionPrefix]) -> list[Scoring]:
+    """Score each step's current session; unknown items are left out of the scored session, and a session
+    with no known item (or an event whose clicks left the bounded state) is not scored. Users' histories are
+    mapped only for a scorer that uses them. Results are converted per batch, not per item."""
+    indices = [scorer.index_of(step.current) for step in steps]
+    known = [session[session > 0] for session in indices]
+    rows = [b for b, session in enumerate(known) if session.size]
+    top_ids: list[list[str]] = []
+    top_scores: list[list[float]] = []
+    if rows:
+        histories = None
+        if scorer.uses_history:
+            histories = [[(h := scorer.index_of(s))[h > 0] for s in steps[b].history] for b in rows]
+        top, scores = scorer.recommend_sessions([known[b] for b in rows], histories)
+        top_ids, top_scores = scorer.external_ids(top).tolist(), scores.tolist()
+    weights = [scorer.interest_weights(session) for session in known]
+    row_of = {b: row for row, b in enumerate(rows)}
+    results = []
+    for b, session in enumerate(indices):
+        row = row_of.get(b)
+        results.append(Scoring(
+            items=top_ids[row] if row is not None else [],
+            scores=top_scores[row] if row is not None else [],
+            scored=row is not None,
+            clicked=int(session[-1]) if len(session) else 0,
+            interests=None if weights[b] is None else weights[b].tolist(),
+            item_interests=_item_interests(scorer, session),
+        ))
+    return results
+
+
+def _item_interests(scorer: Any, session: Any) -> list[float] | None:
+    """The interest assignment of the session's last click, when the model knows it."""
+    if not len(session) or session[-1] <= 0:
+        return None
+    weights = scorer.interest_weights(session[-1:])
+    return None if weights is None else weights.tolist()
+
+
+class ScoringThread(Generic[T, R]):
+    """Runs ``score(items) -> results`` (one result per item) on its own thread, over every item waiting, in
+    chunks of at most ``chunk`` items, in submission order.
+
+    Args:
+        score: the scoring function; it runs on the thread, so the Python work it does holds the GIL the
+            event loop needs.
+        chunk: most items per call of ``score``.
+        max_waiting: batches :meth:`put` may queue for the thread before it waits.
+        max_scored: chunks handed to the event loop and not yet :meth:`done_with` before the thread waits.
+        name: OS-level name of the thread.
+        nice: added to the thread's nice value (see :func:`renice_thread`).
+    """
+
+    def __init__(self, score: Callable[[list[T]], Sequence[R]], *, chunk: int, max_waiting: int, max_scored: int,
+                 name: str = SCORER_THREAD, nice: int = 0):
+        self._score = score
+        self._chunk = chunk
+        self._name = name
+        self._nice = nice
+        self.inbox: queue.Queue[list[T] | None] = queue.Queue()
+        self.scored: asyncio.Queue[Chunk[T, R]] = asyncio.Queue()
+        self._waiting_slots = asyncio.Semaphore(max_waiting)
+        self._scored_slots = threading.Semaphore(max_scored)
+        self._stopping = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed: asyncio.Future | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; call from the event loop that will :meth:`put` and :meth:`get`."""
+        self._loop = asyncio.get_running_loop()
+        self._failed = self._loop.create_future()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end after its current call; items not yet handed back are dropped (their messages
+        stay un-acknowledged, so Kafka delivers them again)."""
+        self._stopping.set()
+        self.inbox.put(None)
+        self._scored_slots.release()
+
+    async def put(self, items: list[T]) -> None:
+        """Queue ``items`` for the thread; waits while ``max_waiting`` batches wait; raises the thread's failure."""
+        await self._unless_failed(self._waiting_slots.acquire())
+        self.inbox.put(items)
+
+    async def get(self) -> Chunk[T, R]:
+        """The next scored chunk, in order; raises the thread's failure."""
+        return await self._unless_failed(self.scored.get())
+
+    def done_with(self, chunk: Chunk[T, R]) -> None:
+        """The emitter has finished ``chunk``: the thread may hand over another."""
+        self._scored_slots.release()
+
+    async def _unless_failed(self, awaitable: Awaitable[Any]) -> Any:
+        return await unless_stopped(awaitable, self._failed)
+
+    def _run(self) -> None:
+        prepare_scoring_thread(self._name, self._nice)
+        try:
+            while not self._stopping.is_set():
+                waiting = self._take()
+                if waiting is None:
+                    return
+                for begin in range(0, len(waiting), self._chunk):
+                    items = waiting[begin : begin + self._chunk]
+                    began = time.perf_counter()
+                    results = list(self._score(items))
+                    if len(results) != len(items):
+                        raise RuntimeError(f"the scorer answered {len(results)} results for {len(items)} items")
+                    self._scored_slots.acquire()
+                    if self._stopping.is_set():
+                        return
+                    self._call(self.scored.put_nowait, Chunk(items, results, began))
+        except BaseException as error:  # handed to the event loop, which raises it in put() and get()
+            self._call(self._fail, error)
+
+    def _take(self) -> list[T] | None:
+        """Every batch waiting, up to ``chunk`` items (at least one batch, whatever its size); None to stop."""
+        waiting = self.inbox.get()
+        if waiting is None:
+            return None
+        taken = 1
+        while len(waiting) < self._chunk:
+            try:
+                more = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                self._stopping.set()
+                break
+            waiting = waiting + more
+            taken += 1
+        self._call(self._release_waiting, taken)
+        return waiting
+
+    def _release_waiting(self, taken: int) -> None:
+        for _ in range(taken):
+            self._waiting_slots.release()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._failed.done():
+            self._failed.set_exception(error)
+
+    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the event loop (a closed loop means the worker is gone: nothing to do)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+
+async def unless_stopped(awaitable: Awaitable[Any], watched: asyncio.Future) -> Any:
+    """``await awaitable``, unless ``watched`` (a task or future that the awaited work depends on) ends first:
+    then its exception, or a RuntimeError when it ended without one, is raised instead of waiting forever."""
+    if not watched.done():
+        waiter = asyncio.ensure_future(awaitable)
+        await asyncio.wait({waiter, watched}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            return waiter.result()
+        waiter.cancel()
+    elif asyncio.iscoroutine(awaitable):
+        awaitable.close()
+    watched.result()
+    raise RuntimeError(f"{watched!r} stopped")
+
+
+def prepare_scoring_thread(name: str, nice: int) -> None:
+    """Name the calling thread at the OS level and change its scheduling priority by ``nice``."""
+    name_os_thread(name)
+    renice_thread(nice)
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread an OS-level name (Linux ``prctl``), so ``top -H``, py-spy and the worker bench's
+    CPU accounting can tell the scoring thread from the event loop; a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
+
+
+def renice_thread(nice: int) -> None:
+    """Add ``nice`` to the calling thread's nice value (Linux schedules threads one by one; negative is a higher
+    priority). Raising the priority needs CAP_SYS_NICE; without it the thread keeps its priority (logged)."""
+    if not nice or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)))
+    except OSError as error:
+        log.info("the scoring thread keeps its priority (nice %+d refused: %s)", nice, error.strerror)
+
+
+class ScorerProcess:
+    """:func:`score_batch` with an ``export.scorer.Scorer`` in a child process (see the module docstring for why).
+
+    Calls are serialised (one request on the pipe at a time). The child ends when the pipe closes, so it does not
+    outlive the worker, killed or not. A start-up failure of the scorer (a corrupted artefact, a GPU provider
+    that cannot start) is raised by the constructor; a failure while scoring is raised by the call, with the
+    child's traceback.
+
+    Args:
+        artefact, providers, threads: as for ``export.scorer.Scorer``.
+        nice: added to the child's nice value (see :func:`renice_thread`).
+    """
+
+    def __init__(self, artefact: str | Path, *, providers: str = "auto", threads: int | None = 1, nice: int = 0):
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads and an event loop
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_scorer, name=SCORER_THREAD, daemon=True,
+                                        args=(child, str(artefact), providers, threads, nice))
+        self._process.start()
+        child.close()
+        self._lock = threading.Lock()
+        self.providers: list[str] = self._answer()
+
+    def __call__(self, steps: Sequence[SessionPrefix]) -> list[Scoring]:
+        with self._lock:
+            try:
+                self._conn.send([(step.current, step.history) for step in steps])
+            except OSError:
+                self._ended()
+            return [Scoring(*fields) for fields in self._answer()]
+
+    def _answer(self) -> Any:
+        try:
+            kind, value = self._conn.recv()
+        except (EOFError, OSError):
+            self._ended()
+        if kind == "error":
+            raise RuntimeError(f"the scorer process failed:\n{value}")
+        return value
+
+    def _ended(self) -> NoReturn:
+        self._process.join(timeout=1)
+        raise RuntimeError(f"the scorer process ended (exit code {self._process.exitcode})") from None
+
+    def close(self) -> None:
+        """End the child (it exits when the pipe closes; terminated if it has not within 5 s)."""
+        self._conn.close()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=5)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+
+def _serve_scorer(conn: Any, artefact: str, providers: str, threads: int | None, nice: int) -> None:
+    """The child's loop: load the scorer, say which providers it uses, then answer each request until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
+    prepare_scoring_thread(SCORER_THREAD, nice)
+    try:
+        from export.scorer import Scorer
+
+        scorer = Scorer(artefact, providers=providers, threads=threads, spin=False)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", scorer.providers))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer = [tuple(getattr(result, name) for name in SCORING_FIELDS)
+                      for result in score_batch(scorer, [SessionPrefix(*r) for r in request])]
+        except Exception:
+            answer, kind = traceback.format_exc(), "error"
+        else:
+            kind = "ok"
+        try:
+            conn.send((kind, answer))
+        except (BrokenPipeError, OSError):
+            return

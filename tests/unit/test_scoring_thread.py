@@ -1,0 +1,189 @@
+"""The worker's scoring thread (streams.scoring): order, chunking, backpressure both ways, failures, and that it
+keeps scoring while the event loop is busy."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.scoring import SCORER_THREAD, ScoringThread, unless_stopped
+
+
+def run(scenario) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+
+
+def test_every_item_comes_back_once_in_order_in_chunks_of_at_most_chunk() -> None:
+    calls: list[list[int]] = []
+
+    def score(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [10 * i for i in items]
+
+    async def scenario() -> None:
+        stage = ScoringThread(score, chunk=128, max_waiting=8, max_scored=8)
+        stage.start()
+        batches = [list(range(0, 5)), list(range(5, 300)), list(range(300, 301))]
+        for batch in batches:
+            await stage.put(batch)
+        items, results = [], []
+        while len(items) < 301:
+            chunk = await stage.get()
+            items += chunk.items
+            results += chunk.results
+            stage.done_with(chunk)
+        stage.stop()
+        assert items == list(range(301))
+        assert results == [10 * i for i in range(301)]
+        assert all(1 <= len(c) <= 128 for c in calls)
+
+    run(scenario)
+
+
+def test_the_thread_takes_the_next_chunk_while_the_event_loop_is_busy() -> None:
+    started: list[float] = []
+
+    def score(items: list[int]) -> list[int]:
+        started.append(time.perf_counter())
+        time.sleep(0.02)
+        return items
+
+    async def scenario() -> None:
+        stage = ScoringThread(score, chunk=2, max_waiting=8, max_scored=8)
+        stage.start()
+        for i in range(4):
+            await stage.put([2 * i, 2 * i + 1])
+        busy_until = time.perf_counter() + 0.5
+        time.sleep(0.5)  # the event loop is blocked: nothing on it can hand work to the thread
+        assert len(started) == 4 and max(started) < busy_until, "all four chunks started while the loop was busy"
+        for _ in range(4):
+            stage.done_with(await stage.get())
+        stage.stop()
+
+    run(scenario)
+
+
+def test_put_waits_while_max_waiting_batches_wait_for_the_thread() -> None:
+    release = threading.Event()
+
+    def score(items: list[int]) -> list[int]:
+        release.wait()
+        return items
+
+    async def scenario() -> None:
+        stage = ScoringThread(score, chunk=1, max_waiting=2, max_scored=8)
+        stage.start()
+        await stage.put([0])
+        while stage.inbox.qsize():  # the thread has taken batch 0 and blocks in score
+            await asyncio.sleep(0.01)
+        await stage.put([1])
+        await stage.put([2])
+        blocked = asyncio.ensure_future(stage.put([3]))
+        await asyncio.sleep(0.2)
+        assert not blocked.done(), "a third waiting batch must wait"
+        release.set()
+        await asyncio.wait_for(blocked, timeout=5)
+        got = []
+        while len(got) < 4:
+            chunk = await stage.get()
+            got += chunk.items
+            stage.done_with(chunk)
+        assert got == [0, 1, 2, 3]
+        stage.stop()
+
+    run(scenario)
+
+
+def test_the_thread_waits_while_max_scored_chunks_are_with_the_emitter() -> None:
+    scored: list[int] = []
+
+    def score(items: list[int]) -> list[int]:
+        scored.extend(items)
+        return items
+
+    async def scenario() -> None:
+        stage = ScoringThread(score, chunk=1, max_waiting=8, max_scored=2)
+        stage.start()
+        for i in range(5):
+            await stage.put([i])
+        await asyncio.sleep(0.3)
+        assert stage.scored.qsize() == 2, "two chunks handed over, the third held back"
+        assert len(scored) == 3, "the third is scored and waits for a slot"
+        first = await stage.get()
+        stage.done_with(first)
+        await asyncio.sleep(0.2)
+        assert stage.scored.qsize() == 2 and len(scored) == 4
+        stage.stop()
+
+    run(scenario)
+
+
+def test_a_scoring_failure_is_raised_by_get_and_by_put_instead_of_waiting_forever() -> None:
+    def score(items: list[int]) -> list[int]:
+        raise ValueError("the scorer broke")
+
+    async def scenario() -> None:
+        stage = ScoringThread(score, chunk=4, max_waiting=1, max_scored=2)
+        stage.start()
+        await stage.put([1])
+        with pytest.raises(ValueError, match="the scorer broke"):
+            await stage.get()
+        with pytest.raises(ValueError, match="the scorer broke"):
+            for _ in range(3):  # the slot of the failed batch may be back: put until it would wait
+                await stage.put([2])
+
+    run(scenario)
+
+
+def test_a_wrong_number_of_results_is_an_error() -> None:
+    async def scenario() -> None:
+        stage = ScoringThread(lambda items: items[:-1], chunk=4, max_waiting=2, max_scored=2)
+        stage.start()
+        await stage.put([1, 2])
+        with pytest.raises(RuntimeError, match="1 results for 2 items"):
+            await stage.get()
+
+    run(scenario)
+
+
+def test_the_thread_has_its_os_name_and_ends_on_stop_even_when_the_emitter_holds_every_slot() -> None:
+    names: list[str] = []
+
+    def score(items: list[int]) -> list[int]:
+        names.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip())
+        return items
+
+    async def scenario() -> None:
+        stage = ScoringThread(score, chunk=1, max_waiting=8, max_scored=1)
+        stage.start()
+        for i in range(3):
+            await stage.put([i])
+        await asyncio.sleep(0.2)  # one chunk handed over, the next blocked on the slot
+        stage.stop()
+        stage._thread.join(timeout=5)
+        assert not stage._thread.is_alive()
+
+    run(scenario)
+    assert set(names) == {SCORER_THREAD}
+
+
+def test_unless_stopped_raises_the_watched_tasks_error_instead_of_waiting_forever() -> None:
+    async def scenario() -> None:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+
+        async def failing_emitter() -> None:
+            await asyncio.sleep(0.05)
+            raise RuntimeError("emitter failed")
+
+        emitter = asyncio.ensure_future(failing_emitter())
+        await unless_stopped(queue.put(1), emitter)
+        with pytest.raises(RuntimeError, match="emitter failed"):
+            await unless_stopped(queue.put(2), emitter)
+        with pytest.raises(RuntimeError, match="emitter failed"):
+            await unless_stopped(queue.put(3), emitter)  # already ended: raised at once
+
+    run(scenario)
