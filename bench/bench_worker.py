@@ -38,7 +38,7 @@ from deploy import stack
 from model.data import read_test_tsv
 from streams.harness import WorkerProcess, run_prefix
 from streams.replay import cases_to_sessions, session_events
-from streams.scoring import SCORER_THREAD
+from streams.scoring import SCORER_PROCESS
 from streams.settings import ROOT, Settings
 from streams.topics import delete_topics, ensure_topics
 
@@ -179,7 +179,7 @@ def record_profile(pid: int, svg: Path, seconds: int) -> subprocess.Popen:
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) per OS thread name of process ``pid`` and of its child processes (Linux
     /proc); a child's threads all count under the name of its main thread. The worker's scorer process is
-    ``SCORER_THREAD``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time, unlike wall
+    ``SCORER_PROCESS``; everything else (event loop, aiokafka, RocksDB) has other names. CPU time, unlike wall
     time, is not inflated when other processes share the cores."""
     cpu: dict[str, float] = {}
     for name, seconds in _task_cpu(pid):
@@ -223,7 +223,7 @@ def _children(pid: int) -> list[int]:
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
     """Microseconds of CPU per event: the scorer process, and the rest of the worker process."""
     used = {name: after[name] - before.get(name, 0.0) for name in after}
-    scorer = sum(v for name, v in used.items() if name.startswith(SCORER_THREAD))
+    scorer = sum(v for name, v in used.items() if name.startswith(SCORER_PROCESS))
     return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
 
 

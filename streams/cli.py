@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnxruntime intra-op threads on the CPU (default 1: the event loop needs a core of its "
                              "own; on 2 cores, 2 threads cut the sustained rate, see docs/results.md)")
     worker.add_argument("--scorer-nice", type=int, default=-10,
-                        help="added to the scoring thread's nice value (negative: higher priority, needs "
+                        help="added to the scorer process's nice value (negative: higher priority, needs "
                              "CAP_SYS_NICE, else ignored; 0: leave it)")
     worker.add_argument("--session-timeout", type=float, default=10.0,
                         help="seconds without a heartbeat after which Kafka drops a worker from the consumer "

@@ -40,8 +40,10 @@ from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
 log = logging.getLogger("igrec.worker")
 
-SCORER_THREAD = "igrec-scorer"
-"""OS name of the scoring thread (``top -H``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
+SCORER_PROCESS = "igrec-scorer"
+"""OS name of the scorer process (``top``, py-spy and ``bench/bench_worker.py`` find it by this name)."""
+FEEDER_THREAD = "igrec-feeder"
+"""OS name of the worker's thread that feeds the scorer (:class:`ScoringThread`)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -143,7 +145,7 @@ class ScoringThread(Generic[T, R]):
     """
 
     def __init__(self, score: Callable[[list[T]], Sequence[R]], *, chunk: int, max_waiting: int, max_scored: int,
-                 name: str = SCORER_THREAD, nice: int = 0):
+                 name: str = FEEDER_THREAD, nice: int = 0):
         self._score = score
         self._chunk = chunk
         self._name = name
@@ -187,7 +189,7 @@ class ScoringThread(Generic[T, R]):
         return await unless_stopped(awaitable, self._failed)
 
     def _run(self) -> None:
-        prepare_scoring_thread(self._name, self._nice)
+        prepare_thread(self._name, self._nice)
         try:
             while not self._stopping.is_set():
                 waiting = self._take()
@@ -254,7 +256,7 @@ async def unless_stopped(awaitable: Awaitable[Any], watched: asyncio.Future) -> 
     raise RuntimeError(f"{watched!r} stopped")
 
 
-def prepare_scoring_thread(name: str, nice: int) -> None:
+def prepare_thread(name: str, nice: int) -> None:
     """Name the calling thread at the OS level and change its scheduling priority by ``nice``."""
     name_os_thread(name)
     renice_thread(nice)
@@ -262,7 +264,7 @@ def prepare_scoring_thread(name: str, nice: int) -> None:
 
 def name_os_thread(name: str) -> None:
     """Give the calling thread an OS-level name (Linux ``prctl``), so ``top -H``, py-spy and the worker bench's
-    CPU accounting can tell the scoring thread from the event loop; a no-op elsewhere."""
+    CPU accounting can tell the scorer and its feeder from the event loop; a no-op elsewhere."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
 
@@ -276,7 +278,8 @@ def renice_thread(nice: int) -> None:
     try:
         os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice)))
     except OSError as error:
-        log.info("the scoring thread keeps its priority (nice %+d refused: %s)", nice, error.strerror)
+        log.info("%s keeps its priority (nice %+d refused: %s)", threading.current_thread().name, nice,
+                 error.strerror)
 
 
 class ScorerProcess:
@@ -295,7 +298,7 @@ class ScorerProcess:
     def __init__(self, artefact: str | Path, *, providers: str = "auto", threads: int | None = 1, nice: int = 0):
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads and an event loop
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve_scorer, name=SCORER_THREAD, daemon=True,
+        self._process = context.Process(target=_serve_scorer, name=SCORER_PROCESS, daemon=True,
                                         args=(child, str(artefact), providers, threads, nice))
         self._process.start()
         child.close()
@@ -339,7 +342,7 @@ class ScorerProcess:
 def _serve_scorer(conn: Any, artefact: str, providers: str, threads: int | None, nice: int) -> None:
     """The child's loop: load the scorer, say which providers it uses, then answer each request until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
-    prepare_scoring_thread(SCORER_THREAD, nice)
+    prepare_thread(SCORER_PROCESS, nice)
     try:
         from export.scorer import Scorer
 

@@ -7,8 +7,8 @@ One faust agent takes up to ``batch_max`` events or whatever arrived within ``ba
 3. sends the batch's item -> item transitions to a second agent, which owns the global NEXT counts;
 4. queues the batch for scoring and goes on to the next batch.
 
-The scoring thread (``streams.scoring``) takes everything admitted and waiting as soon as it is free and has
-it scored by ``export.scorer.Scorer`` in a child process (one request per chunk of at most ``SCORE_CHUNK``
+A feeder thread (``streams.scoring``) takes everything admitted and waiting as soon as the scorer is free and
+has it scored by ``export.scorer.Scorer`` in a child process (one request per chunk of at most ``SCORE_CHUNK``
 events), so chunks grow with the load. An emitter task takes the scored chunks in order and sends a
 Recommendation and an EnrichedEvent per event and the knowledge triples the event creates, encoded into Kafka
 record batches (``streams.outbox``) rather than one producer call at a time. So the event loop admits batch
@@ -61,9 +61,9 @@ _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 128
 """Most events per onnxruntime call."""
 BATCHES_IN_FLIGHT = 4
-"""Admitted micro-batches waiting for the scoring thread; past this many the agent waits (backpressure)."""
+"""Admitted micro-batches waiting for the scorer; past this many the agent waits (backpressure)."""
 CHUNKS_IN_FLIGHT = 3
-"""Scored chunks handed to the emitter and not yet sent; past this many the scoring thread waits."""
+"""Scored chunks handed to the emitter and not yet sent; past this many the scorer waits."""
 STATS_INTERVAL_S = 5.0
 STALL_S = 30.0
 """Lag with no event taken for this long is logged as a stall, with what the consumer and the pipeline hold."""
@@ -92,8 +92,8 @@ class WorkerConfig:
     60 s, held a crashed worker's partitions for a minute before its replacement got them; heartbeats go
     every 3 s from the consumer's own thread, so the event loop's load does not delay them."""
     scorer_nice: int = -10
-    """Added to the scoring thread's nice value. On a machine whose cores the worker shares (the broker, other
-    processes), a scoring thread that waits for a core holds up every event of its chunk; a higher priority
+    """Added to the scorer process's nice value. On a machine whose cores the worker shares (the broker, other
+    processes), a scorer that waits for a core holds up every event of its chunk; a higher priority
     cut the median latency by about a fifth at 500 and 1,000 events/s on two cores (docs/results.md). Needs
     CAP_SYS_NICE, else ignored."""
 
@@ -242,7 +242,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         out = await open_outbox()
         stage: ScoringThread[Scored, Scoring] = ScoringThread(
             lambda items: scorer([item.step for item in items]), chunk=SCORE_CHUNK,
-            max_waiting=BATCHES_IN_FLIGHT, max_scored=CHUNKS_IN_FLIGHT, nice=config.scorer_nice)
+            max_waiting=BATCHES_IN_FLIGHT, max_scored=CHUNKS_IN_FLIGHT)
         stage.start()
         pipeline.update(admitted=stage.inbox, scored=stage.scored)
         emitter = asyncio.ensure_future(emit_in_order(stage))

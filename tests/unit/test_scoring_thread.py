@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.scoring import SCORER_THREAD, ScoringThread, unless_stopped
+from streams.scoring import FEEDER_THREAD, ScoringThread, unless_stopped
 
 
 def run(scenario) -> None:
@@ -168,7 +168,7 @@ def test_the_thread_has_its_os_name_and_ends_on_stop_even_when_the_emitter_holds
         assert not stage._thread.is_alive()
 
     run(scenario)
-    assert set(names) == {SCORER_THREAD}
+    assert set(names) == {FEEDER_THREAD}
 
 
 def test_unless_stopped_raises_the_watched_tasks_error_instead_of_waiting_forever() -> None:

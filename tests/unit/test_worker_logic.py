@@ -14,7 +14,7 @@ import pytest
 
 from streams import metrics
 from streams.records import Event
-from streams.scoring import SCORER_THREAD, name_os_thread, prepare_scoring_thread, score_batch
+from streams.scoring import SCORER_PROCESS, name_os_thread, prepare_thread, score_batch
 from streams.state import Step
 from streams.topics import default_partition
 from streams.worker import StallWatch, event_triples, quiet_worker_class
@@ -100,22 +100,22 @@ def test_the_scoring_thread_has_an_os_name_the_bench_can_find() -> None:
     names: list[str] = []
 
     def run() -> None:
-        name_os_thread(SCORER_THREAD)
+        name_os_thread(SCORER_PROCESS)
         names.append(Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip())
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join()
-    assert names == [SCORER_THREAD] == ["igrec-scorer"]
+    assert names == [SCORER_PROCESS] == ["igrec-scorer"]
 
 
-def test_the_scoring_thread_priority_changes_by_the_configured_nice_value() -> None:
+def test_a_thread_priority_changes_by_the_configured_nice_value() -> None:
     niceness: list[int] = []
 
     def run() -> None:
         stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat")
         before = int(stat.read_text().rsplit(")", 1)[1].split()[16])
-        prepare_scoring_thread(SCORER_THREAD, 3)  # lowering a priority needs no privilege
+        prepare_thread(SCORER_PROCESS, 3)  # lowering a priority needs no privilege
         niceness.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]) - before)
 
     thread = threading.Thread(target=run)
