@@ -135,8 +135,8 @@ class ScoringThread(Generic[T, R]):
     chunks of at most ``chunk`` items, in submission order.
 
     Args:
-        score: the scoring function; it runs on the thread, so the Python work it does holds the GIL the
-            event loop needs.
+        score: the scoring function. It runs on the thread, so any Python work in it holds the GIL the event
+            loop needs; the worker's (a :class:`ScorerProcess`) mostly waits on its pipe, without the GIL.
         chunk: most items per call of ``score``.
         max_waiting: batches :meth:`put` may queue for the thread before it waits.
         max_scored: chunks handed to the event loop and not yet :meth:`done_with` before the thread waits.
