@@ -26,15 +26,18 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
@@ -285,10 +288,12 @@ def renice_thread(nice: int) -> None:
 class ScorerProcess:
     """:func:`score_batch` with an ``export.scorer.Scorer`` in a child process (see the module docstring for why).
 
-    Calls are serialised (one request on the pipe at a time). The child ends when the pipe closes, so it does not
-    outlive the worker, killed or not. A start-up failure of the scorer (a corrupted artefact, a GPU provider
-    that cannot start) is raised by the constructor; a failure while scoring is raised by the call, with the
-    child's traceback.
+    The child is a fresh interpreter (``python -m streams.scoring``) talking over a socket pair: no fork of a
+    process with threads and an event loop, and, unlike ``multiprocessing``'s spawn, no re-import of the
+    caller's main module. Calls are serialised (one request on the socket at a time). The child ends when the
+    socket closes, so it does not outlive the worker, killed or not. A start-up failure of the scorer (a
+    corrupted artefact, a GPU provider that cannot start) is raised by the constructor; a failure while scoring
+    is raised by the call, with the child's traceback.
 
     Args:
         artefact, providers, threads: as for ``export.scorer.Scorer``.
@@ -296,12 +301,15 @@ class ScorerProcess:
     """
 
     def __init__(self, artefact: str | Path, *, providers: str = "auto", threads: int | None = 1, nice: int = 0):
-        context = multiprocessing.get_context("spawn")  # no fork of a process with threads and an event loop
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve_scorer, name=SCORER_PROCESS, daemon=True,
-                                        args=(child, str(artefact), providers, threads, nice))
-        self._process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "streams.scoring", str(theirs.fileno()), str(artefact), providers,
+                 str(threads or 0), str(nice)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        self._conn = Connection(ours.detach())
         self._lock = threading.Lock()
         self.providers: list[str] = self._answer()
 
@@ -323,23 +331,29 @@ class ScorerProcess:
         return value
 
     def _ended(self) -> NoReturn:
-        self._process.join(timeout=1)
-        raise RuntimeError(f"the scorer process ended (exit code {self._process.exitcode})") from None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=1)
+        raise RuntimeError(f"the scorer process ended (exit code {self._process.returncode})") from None
 
     def close(self) -> None:
-        """End the child (it exits when the pipe closes; terminated if it has not within 5 s)."""
+        """End the child (it exits when the socket closes; killed if it has not within 5 s)."""
         self._conn.close()
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout=5)
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=5)
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
 
-def _serve_scorer(conn: Any, artefact: str, providers: str, threads: int | None, nice: int) -> None:
+
+def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int | None, nice: int) -> None:
     """The child's loop: load the scorer, say which providers it uses, then answer each request until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
     prepare_thread(SCORER_PROCESS, nice)
@@ -365,5 +379,10 @@ def _serve_scorer(conn: Any, artefact: str, providers: str, threads: int | None,
             kind = "ok"
         try:
             conn.send((kind, answer))
-        except (BrokenPipeError, OSError):
+        except OSError:
             return
+
+
+if __name__ == "__main__":  # the child of ScorerProcess: FD ARTEFACT PROVIDERS THREADS NICE
+    fd, artefact_arg, providers_arg, threads_arg, nice_arg = sys.argv[1:6]
+    _serve_scorer(Connection(int(fd)), artefact_arg, providers_arg, int(threads_arg) or None, int(nice_arg))

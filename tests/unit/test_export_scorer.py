@@ -260,7 +260,7 @@ def test_the_worker_scorer_process_answers_as_the_scorer_in_this_process(artefac
         assert remote([]) == []
     finally:
         remote.close()
-    assert not remote._process.is_alive()
+    assert not remote.alive
 
 
 def test_the_worker_scorer_process_refuses_a_corrupted_artefact_at_start(copy):
@@ -281,7 +281,34 @@ def test_a_dead_worker_scorer_process_is_an_error_not_a_hang(artefact):
 
     remote = ScorerProcess(artefact, providers="cpu", threads=1)
     os.kill(remote.pid, signal.SIGKILL)
-    remote._process.join(timeout=10)
+    remote._process.wait(timeout=10)
     with pytest.raises(RuntimeError, match="scorer process ended"):
         remote(_prefixes(Scorer(artefact, providers="cpu"), seed=7, n=3))
     remote.close()
+
+
+def test_the_worker_scorer_process_does_not_outlive_a_killed_worker(artefact):
+    """kill -9 of the process that started the scorer: the scorer reads EOF and exits."""
+    import os
+    import signal
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom streams.scoring import ScorerProcess\n"
+         f"s = ScorerProcess({str(artefact)!r}, providers='cpu')\nprint(s.pid, flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _running(child):
+        assert time.monotonic() < deadline, "the scorer process outlived its worker"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
