@@ -2,7 +2,8 @@
 
 In one run, on the configured stack (IGREC_* settings; the local stack is started if needed):
   1. ceiling: aiokafka produce -> consume of the same events on a fresh topic, no processing;
-  2. throughput: the worker (a subprocess, one process, its default micro-batching) fed as fast as possible;
+  2. throughput: one worker (a subprocess; its scorer a child process of it; default micro-batching) fed as
+     fast as possible;
   3. latency: the worker fed at fixed rates (--rate, one phase each), per event the time from the producer's
      send to the bench's receipt of its recommendation (one clock: both happen in this process), and the
      worker's own split of it (the latency_ms of each recommendation);
@@ -269,7 +270,7 @@ def plot_latency(path: Path, offered: list[float], phases: list[tuple[float, np.
     ax.axhline(50, color="grey", lw=0.8, ls=":", label="target p99 50 ms")
     ax.axvline(flat_out, color="tab:red", lw=0.8, ls=":", label=f"flat out {flat_out:,.0f}/s")
     ax.set(xlabel="offered events/s", ylabel="event -> recommendation latency (ms)", yscale="log",
-           title="igrec worker, one process")
+           title="igrec, one worker on this machine")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
