@@ -59,7 +59,7 @@ log = logging.getLogger("igrec.worker")
 # used: it also changes the stream's shared attribute, which the background task that fills the batch reads.)
 _CURRENT_EVENT = faust_streams._current_event
 SCORE_CHUNK = 128
-"""Most events per onnxruntime call."""
+"""Most events per request to the scorer process."""
 BATCHES_IN_FLIGHT = 4
 """Admitted micro-batches waiting for the scorer; past this many the agent waits (backpressure)."""
 CHUNKS_IN_FLIGHT = 3
