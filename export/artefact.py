@@ -28,11 +28,11 @@ CARD_FILE = "card.json"
 INTERESTS_FILE = "interests.npy"
 ITEMS_HEADER = "index\texternal_id"
 SUPPORTED_OPSETS = range(17, 22)
+"""ai.onnx opsets this runtime accepts: 18 is what we export; 17..21 run on onnxruntime >= 1.20."""
 MIN_IDENTICAL = 0.999
 """Parity bar: the share of top-K lists (items and order) identical to PyTorch's."""
 MAX_SCORE_DIFF = 1e-4
 """Parity bar: the largest |score difference| to PyTorch over the sorted top-K scores."""
-"""ai.onnx opsets this runtime accepts: 18 is what we export; 17..21 run on onnxruntime >= 1.20."""
 METADATA_KEYS = ("igrec.format_version", "igrec.k", "igrec.n_items", "igrec.opset")
 """Keys written into the ONNX model's metadata_props, cross-checked against the card at load time."""
 
