@@ -144,15 +144,13 @@ class ScoringThread(Generic[T, R]):
         max_waiting: batches :meth:`put` may queue for the thread before it waits.
         max_scored: chunks handed to the event loop and not yet :meth:`done_with` before the thread waits.
         name: OS-level name of the thread.
-        nice: added to the thread's nice value (see :func:`renice_thread`).
     """
 
     def __init__(self, score: Callable[[list[T]], Sequence[R]], *, chunk: int, max_waiting: int, max_scored: int,
-                 name: str = FEEDER_THREAD, nice: int = 0):
+                 name: str = FEEDER_THREAD):
         self._score = score
         self._chunk = chunk
         self._name = name
-        self._nice = nice
         self.inbox: queue.Queue[list[T] | None] = queue.Queue()
         self.scored: asyncio.Queue[Chunk[T, R]] = asyncio.Queue()
         self._waiting_slots = asyncio.Semaphore(max_waiting)
@@ -192,7 +190,7 @@ class ScoringThread(Generic[T, R]):
         return await unless_stopped(awaitable, self._failed)
 
     def _run(self) -> None:
-        prepare_thread(self._name, self._nice)
+        name_os_thread(self._name)
         try:
             while not self._stopping.is_set():
                 waiting = self._take()
@@ -291,9 +289,10 @@ class ScorerProcess:
     The child is a fresh interpreter (``python -m streams.scoring``) talking over a socket pair: no fork of a
     process with threads and an event loop, and, unlike ``multiprocessing``'s spawn, no re-import of the
     caller's main module. Calls are serialised (one request on the socket at a time). The child ends when the
-    socket closes, so it does not outlive the worker, killed or not. A start-up failure of the scorer (a
-    corrupted artefact, a GPU provider that cannot start) is raised by the constructor; a failure while scoring
-    is raised by the call, with the child's traceback.
+    socket closes, so it does not outlive the worker, killed or not. The constructor raises what the scorer's
+    start-up raised: an ``ArtefactError`` for a corrupted or incompatible artefact (the child verifies it, as
+    ``export.scorer.Scorer`` does), a RuntimeError with the child's traceback for anything else (a GPU provider
+    that cannot start); a failure while scoring is raised by the call, with the child's traceback.
 
     Args:
         artefact, providers, threads: as for ``export.scorer.Scorer``.
@@ -326,6 +325,10 @@ class ScorerProcess:
             kind, value = self._conn.recv()
         except (EOFError, OSError):
             self._ended()
+        if kind == "refused":
+            from export.artefact import ArtefactError
+
+            raise ArtefactError(value)
         if kind == "error":
             raise RuntimeError(f"the scorer process failed:\n{value}")
         return value
@@ -358,9 +361,13 @@ def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
     prepare_thread(SCORER_PROCESS, nice)
     try:
+        from export.artefact import ArtefactError
         from export.scorer import Scorer
 
         scorer = Scorer(artefact, providers=providers, threads=threads, spin=False)
+    except ArtefactError as refused:
+        conn.send(("refused", str(refused)))
+        return
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return

@@ -269,7 +269,7 @@ def test_the_worker_scorer_process_refuses_a_corrupted_artefact_at_start(copy):
     with (copy / MODEL_FILE).open("r+b") as f:
         f.seek(100)
         f.write(b"\x00" * 8)
-    with pytest.raises(RuntimeError, match="sha256"):
+    with pytest.raises(ArtefactError, match="sha256"):
         ScorerProcess(copy, providers="cpu")
 
 
