@@ -374,7 +374,8 @@ def trim_graphs(graphs: SessionGraphs, rows: np.ndarray) -> SessionGraphs:
 def _fp16_model(path: Path, n_items: int) -> bytes:
     """The model with its item-scoring product in float16, for the CUDA provider.
 
-    The ``[B, D] x [D, n_items + 1]`` product over all items is most of a batch's work and memory traffic.
+    The ``[B, D] x [D, n_items]`` product over all items (``n_items + 1`` columns where the padding item is
+    scored too) is most of a batch's work and memory traffic.
     onnxruntime's basic (portable) optimisation folds the constant item table (L2-normalised, transposed)
     into one initializer; that initializer is stored as float16 and its MatMul/Gemm runs in float16 between
     two Casts. Everything else (graph propagation, softmax tail, top-K) stays float32. onnxruntime's generic
@@ -397,7 +398,7 @@ def _fp16_model(path: Path, n_items: int) -> bytes:
     nodes = []
     converted = 0
     for node in graph.node:
-        table = [x for x in node.input[1:3] if x in inits and n_items + 1 in inits[x].dims]
+        table = [x for x in node.input[1:3] if x in inits and {n_items, n_items + 1} & set(inits[x].dims)]
         if node.op_type not in ("MatMul", "Gemm") or not table:
             nodes.append(node)
             continue
