@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter("igrec_events_total", "Events handled, by outcome", ["outcome"])
@@ -20,12 +23,36 @@ LATENCY = Histogram(
 )
 STALLED = Gauge("igrec_stalled_seconds",
                 "Seconds since the worker last took an event while events wait (0 while they flow): alert on it")
+GC_PAUSE = Histogram(
+    "igrec_gc_pause_seconds",
+    "Collections of Python's cyclic garbage collector in the worker process, by generation: each one stops the "
+    "event loop for its duration",
+    ["generation"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
 LAG = Gauge("igrec_consumer_lag", "Events not yet processed, per partition of the events topic", ["partition"])
 
 
 def serve(port: int) -> None:
     """Expose the metrics over HTTP on 127.0.0.1:``port``."""
     start_http_server(port, addr="127.0.0.1")
+
+
+def watch_gc() -> None:
+    """Time every collection of the garbage collector into :data:`GC_PAUSE` (once per process)."""
+    if _gc_callback in gc.callbacks:
+        return
+    gc.callbacks.append(_gc_callback)
+
+
+_gc_started: list[float] = [0.0]
+
+
+def _gc_callback(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        GC_PAUSE.labels(generation=str(info["generation"])).observe(time.perf_counter() - _gc_started[0])
 
 
 def totals() -> dict[str, float]:

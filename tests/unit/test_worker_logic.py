@@ -3,6 +3,7 @@ scoring thread's OS name."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -17,7 +18,7 @@ from streams.records import Event
 from streams.scoring import SCORER_PROCESS, name_os_thread, prepare_thread, score_batch
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import StallWatch, event_triples, quiet_worker_class
+from streams.worker import StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class
 
 
 class FakeScorer:
@@ -161,3 +162,25 @@ def test_the_worker_keeps_the_root_logger_at_its_level(quiet: bool) -> None:
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    metrics.watch_gc()
+    metrics.watch_gc()
+    count = _sample(metrics.GC_PAUSE, "igrec_gc_pause_seconds_count", generation="2")
+    gc.collect()
+    assert _sample(metrics.GC_PAUSE, "igrec_gc_pause_seconds_count", generation="2") == count + 1
+    assert _sample(metrics.GC_PAUSE, "igrec_gc_pause_seconds_sum", generation="2") > 0
+
+
+def test_objects_alive_when_the_agent_starts_are_out_of_the_collectors_sight() -> None:
+    frozen = gc.get_freeze_count()
+    try:
+        freeze_long_lived_objects()
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+
+
+def _sample(metric, name: str, **labels: str) -> float:
+    return next((s.value for m in metric.collect() for s in m.samples if s.name == name and s.labels == labels), 0.0)
