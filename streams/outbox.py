@@ -13,7 +13,9 @@ committed, exactly as with ``producer.send``: the worker's at-least-once contrac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from streams.topics import default_partition
@@ -47,6 +49,11 @@ class Outbox:
         self._partitions = dict(partitions)
         self._builders: dict[tuple[str, int], list[Any]] = {}
         self._partition_of: dict[tuple[bytes, int], int] = {}
+        self._delivered: dict[str, Callable[[int, int], None]] = {}
+
+    def on_delivered(self, topic: str, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(partition, last_offset)`` each time Kafka acknowledges a batch of ``topic``."""
+        self._delivered[topic] = callback
 
     def partition_count(self, topic: str) -> int:
         return self._partitions[topic]
@@ -79,6 +86,18 @@ class Outbox:
         next ``send_batch`` to the same partition waits until the batch before it has left."""
         builders, self._builders = self._builders, {}
         for (topic, partition), batches in builders.items():
+            delivered = self._delivered.get(topic)
             for batch in batches:
                 batch.close()
-                await self._producer.send_batch(batch, topic, partition=partition)
+                future = await self._producer.send_batch(batch, topic, partition=partition)
+                if delivered is not None:
+                    future.add_done_callback(partial(_report, delivered, partition, batch.record_count()))
+
+
+def _report(callback: Callable[[int, int], None], partition: int, count: int, future: asyncio.Future) -> None:
+    """``callback`` with the last offset of a delivered batch (its base offset + ``count`` - 1). A failed
+    delivery is not reported: the persisted offset then stays behind, and recovery reads more of the
+    changelog, never less."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    callback(partition, future.result().offset + count - 1)

@@ -36,13 +36,14 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import faust.streams as faust_streams
 import orjson
 
 from streams import faust_fixes, metrics
+from streams.changelog import OutboxTable
 from streams.outbox import Outbox, kafka_producer
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
 from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stopped
@@ -130,10 +131,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         producer_linger_ms=5,
         broker_session_timeout=config.session_timeout_s,
         producer_max_batch_size=256 * 1024,
+        Table=OutboxTable,
     )
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    users = app.Table("users", partitions=partitions, key_type=bytes)
+    users = cast(OutboxTable, app.Table("users", partitions=partitions, key_type=bytes))
     transitions = app.topic(
         f"{config.app_id}-transitions",
         key_serializer="raw",
@@ -141,7 +143,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         partitions=partitions,
         internal=True,
     )
-    next_counts = app.Table("next-counts", partitions=partitions, key_type=bytes)
+    next_counts = cast(OutboxTable, app.Table("next-counts", partitions=partitions, key_type=bytes))
     card = read_card(config.artefact)  # verified by the scorer process, which refuses a damaged artefact
     model_version = str(card.get("model_version") or card.get("created", "unknown"))
     scorer = ScorerProcess(config.artefact, providers=config.providers, threads=config.threads,
@@ -240,6 +242,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         only when every reference is released (and all earlier offsets), and flushes the producer before it
         commits, so no event is committed before its outputs are in Kafka."""
         out = await open_outbox()
+        users.write_through(out)
         stage: ScoringThread[Scored, Scoring] = ScoringThread(
             lambda items: scorer([item.step for item in items]), chunk=SCORE_CHUNK,
             max_waiting=BATCHES_IN_FLIGHT, max_scored=CHUNKS_IN_FLIGHT)
@@ -309,6 +312,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         per source partition the pair keeps the highest source offset it has counted, and a user's events
         (hence their transitions) arrive in offset order, so a re-delivered transition is recognised."""
         out = await open_outbox()
+        next_counts.write_through(out)
         async for faust_event in stream.events():
             for transition in transition_bundle(faust_event.value):
                 key = transition_key(transition["head"], transition["tail"])

@@ -22,6 +22,9 @@ class FakeBatch:
     def close(self):
         self.closed = True
 
+    def record_count(self) -> int:
+        return len(self.messages)
+
     def append(self, *, key, value, timestamp):
         if self.messages and self.used + len(value) > self.size:
             return None
@@ -76,3 +79,40 @@ def test_a_message_larger_than_a_batch_goes_alone_and_keeps_its_place() -> None:
     asyncio.run(out.send())
     assert producer.sent == [("dlq", 0, [(b"k", b"a"), (b"k", b"b")]), ("dlq", 0, [(b"k", b"x" * 50)]),
                              ("dlq", 0, [(b"k", b"c")])]
+
+
+class AckingProducer(FakeProducer):
+    """Acknowledges each batch at once, at the next offset of its partition, or fails it when told to."""
+
+    def __init__(self, size: int = 3, fail: bool = False):
+        super().__init__(size)
+        self.fail, self.next_offset = fail, {}
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future:
+        await super().send_batch(batch, topic, partition=partition)
+        future = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(RuntimeError("broker refused the batch"))
+            return future
+        base = self.next_offset.get((topic, partition), 0)
+        self.next_offset[(topic, partition)] = base + len(batch.messages)
+        future.set_result(type("RecordMetadata", (), {"offset": base})())
+        return future
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_delivered_batches_report_their_last_offset_and_failed_ones_nothing(fail: bool) -> None:
+    async def run() -> list[tuple[int, int]]:
+        producer = AckingProducer(size=3, fail=fail)
+        out = Outbox(producer, {"log": 2, "recs": 2})
+        reported: list[tuple[int, int]] = []
+        out.on_delivered("log", lambda partition, offset: reported.append((partition, offset)))
+        for i in range(7):
+            out.add("log", None, b"%d" % i, partition=i % 2)
+            out.add("recs", b"k", b"%d" % i)
+        await out.send()
+        await asyncio.sleep(0)
+        return reported
+
+    reported = asyncio.run(run())
+    assert reported == ([] if fail else [(0, 2), (0, 3), (1, 2)])
