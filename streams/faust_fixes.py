@@ -12,7 +12,9 @@ docs/results.md has the A/B of each; docs/upstream.md drafts the reports for fau
    right after loses state updates of events whose offsets are committed. :func:`flush_whole_buffer` replaces
    that flush with one that returns only when every message queued at its start has been handed over (whose
    delivery the Kafka producer's own flush then waits for); messages queued meanwhile are left to the next
-   flush, so a busy agent cannot hold a commit back for ever.
+   flush, so a busy agent cannot hold a commit back for ever. (The worker's Tables now write their changelog
+   through the agent's Outbox, :mod:`streams.changelog`, which the agent sends before its events can be
+   committed; the fix stays for what still takes faust's path: key deletions, and a Table given no Outbox.)
 
 2. **Events fetched while a rebalance ends are dropped.** When recovery completes, faust resumes the stream
    partitions, awaits a seek to the committed offsets, and then resumes flow control, which *clears* every
