@@ -112,7 +112,16 @@ class ItemEmbedding(nn.Module):
 
 
 class GatedGraphCell(nn.Module):
-    """One GGNN step (SR-GNN eq. 1-5): messages over ``[A_in | A_out]``, GRU-gated node update."""
+    """One GGNN step (SR-GNN eq. 1-5): messages over ``[A_in | A_out]``, GRU-gated node update.
+
+    Computed in a folded form. The edge projections and the input gates are linear on the feature axis and
+    the adjacency product works on the node axis, so they commute:
+    ``input_gates([A_in (h W_in^T + b_in) + c_in, A_out (...) + c_out])`` equals
+    ``[A_in | A_out] [h F_in^T; h F_out^T]`` plus bias terms, with ``F = (input gate block) W_edge``
+    ([3D, D], weights only). Each node then needs one ``[D] x [D, 9D]`` product (both folded blocks and the
+    hidden gates) instead of ``2 D^2 + 6 D^2 + 3 D^2`` multiply-adds, and the k interest graphs, whose node
+    states are row-scaled copies of the same embeddings, share it: ``(y h) F^T = y (h F^T)``.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -123,15 +132,39 @@ class GatedGraphCell(nn.Module):
         self.input_gates = nn.Linear(2 * dim, 3 * dim)
         self.hidden_gates = nn.Linear(dim, 3 * dim)
 
-    def forward(self, adj: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """adj [M, N, 2N], hidden [M, N, D] -> new hidden [M, N, D]."""
-        n = hidden.shape[1]
-        msg_in = torch.matmul(adj[:, :, :n], self.edge_in(hidden)) + self.bias_in
-        msg_out = torch.matmul(adj[:, :, n:], self.edge_out(hidden)) + self.bias_out
-        gi = self.input_gates(torch.cat([msg_in, msg_out], -1))
-        gh = self.hidden_gates(hidden)
-        i_r, i_z, i_n = gi.chunk(3, -1)
-        h_r, h_z, h_n = gh.chunk(3, -1)
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(node projection [9D, D], edge biases [2, 3D] (in, out), constant bias [3D]), in float32."""
+        d = self.edge_in.weight.shape[0]
+        with torch.autocast(device_type=self.edge_in.weight.device.type, enabled=False):
+            gate_in, gate_out = self.input_gates.weight[:, :d], self.input_gates.weight[:, d:]
+            weight = torch.cat([gate_in @ self.edge_in.weight, gate_out @ self.edge_out.weight,
+                                self.hidden_gates.weight], 0)
+            edge_bias = torch.stack([gate_in @ self.edge_in.bias, gate_out @ self.edge_out.bias])
+            bias = gate_in @ self.bias_in + gate_out @ self.bias_out + self.input_gates.bias
+        return weight, edge_bias, bias
+
+    def forward(self, adj: torch.Tensor, hidden: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """adj [M, N, 2N] or [M, 1, N, 2N], hidden [M, N, D] or [M, k, N, D] -> new hidden, shaped as hidden.
+
+        With ``scale`` [M, k, N] (and adj [M, N, 2N], hidden [M, N, D]): the step on the k graphs of one
+        adjacency whose node states are ``scale[:, j, :, None] * hidden`` -> [M, k, N, D].
+        """
+        n, d = hidden.shape[-2], self.edge_in.weight.shape[0]
+        weight, edge_bias, bias = self._folded()
+        proj = torch.matmul(hidden, weight.t().to(hidden.dtype))
+        nodes = torch.cat([proj[..., : 3 * d], proj[..., 3 * d : 6 * d]], -2)
+        has_edges = torch.stack([adj[..., :n].sum(-1), adj[..., n:].sum(-1)], -1)
+        fixed = torch.matmul(has_edges, edge_bias.to(adj.dtype)) + bias
+        gh = proj[..., 6 * d :]
+        if scale is not None:
+            adj = adj[:, None] * torch.cat([scale, scale], -1)[:, :, None, :]
+            nodes, fixed = nodes[:, None], fixed[:, None]
+            gh = scale[..., None] * gh[:, None]
+            hidden = scale[..., None] * hidden[:, None]
+        gi = torch.matmul(adj.to(nodes.dtype), nodes) + fixed.to(nodes.dtype)
+        gh = gh + self.hidden_gates.bias
+        i_r, i_z, i_n = gi.split(d, -1)
+        h_r, h_z, h_n = gh.split(d, -1)
         reset = torch.sigmoid(i_r + h_r)
         update = torch.sigmoid(i_z + h_z)
         candidate = torch.tanh(i_n + reset * h_n)
@@ -176,16 +209,23 @@ class Readout(nn.Module):
         self.q = nn.Linear(dim, 1, bias=False)
         self.out = nn.Linear(2 * dim, dim)
 
-    def forward(self, seq: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor,
-                rev_pos: torch.Tensor) -> torch.Tensor:
-        """seq [M, L, D], mask [M, L], last_index [M], rev_pos [M, L] (0 = last click) -> [M, D]."""
-        dim = seq.shape[-1]
-        last = torch.gather(seq, 1, last_index.view(-1, 1, 1).expand(-1, 1, dim)).squeeze(1)
+    def _position_keys(self) -> torch.Tensor:
+        """The positions' share of ``mix`` (with its bias), per position [max_len, D]: ``mix`` is linear, so
+        ``mix([seq, pos]) = seq W_seq^T + (pos W_pos^T + b)`` and the second term is one row per position,
+        weights only, instead of a ``2D``-wide product for every click."""
+        dim = self.positions.weight.shape[1]
+        return F.linear(self.positions.weight, self.mix.weight[:, dim:], self.mix.bias)
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, rev_pos: torch.Tensor) -> torch.Tensor:
+        """seq [..., L, D] click states, mask [..., L], last [..., D] the last click's state, rev_pos [..., L]
+        (0 = last click) -> [..., D]. Leading dims broadcast: the k interest graphs' clicks ``[B, k, L, D]``
+        share one mask and positions ``[B, 1, L]``."""
         keys = seq
         if self.use_positions:
-            keys = torch.tanh(self.mix(torch.cat([seq, self.positions(rev_pos)], -1)))
-        alpha = self.q(torch.sigmoid(self.w_last(last)[:, None, :] + self.w_seq(keys)))
-        pooled = (alpha * seq * mask[..., None]).sum(1)
+            dim = self.w_last.weight.shape[0]
+            keys = torch.tanh(F.linear(seq, self.mix.weight[:, :dim]) + self._position_keys()[rev_pos])
+        alpha = self.q(torch.sigmoid(self.w_last(last)[..., None, :] + self.w_seq(keys)))
+        pooled = (alpha * seq * mask[..., None]).sum(-2)
         return self.out(torch.cat([last, pooled], -1))
 
 
@@ -266,6 +306,8 @@ class IGRec(nn.Module):
 
     def __init__(self, config: ModelConfig, item_encoder: nn.Module | None = None):
         super().__init__()
+        if config.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {config.steps}")
         self.config = config
         d = config.dim
         self.item_encoder = item_encoder or ItemEmbedding(config.n_items, d)
@@ -340,8 +382,14 @@ class IGRec(nn.Module):
             return F.gumbel_softmax(logits, tau=self.config.tau, hard=False, dim=-1).to(emb.dtype)
         return torch.softmax(logits / self.config.tau, -1).to(emb.dtype)
 
-    def _propagate(self, adj: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.config.steps):
+    def _propagate(self, adj: torch.Tensor, hidden: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``steps`` GGNN steps: adj [M, N, 2N], hidden [M, N, D] -> [M, N, D]; with ``scale`` [M, k, N], on
+        the k interest graphs whose node states are hidden scaled row-wise (:class:`GatedGraphCell`) ->
+        [M, k, N, D]."""
+        hidden = self.cell(adj, hidden, scale)
+        if scale is not None:
+            adj = adj[:, None]
+        for _ in range(self.config.steps - 1):
             hidden = self.cell(adj, hidden)
         return hidden
 
@@ -380,26 +428,22 @@ class IGRec(nn.Module):
     def session_vector(self, items, alias, adj, mask, hist_items=None, hist_adj=None):
         """Session representation [B, D] and the final node states [B, N, D] (shared by the heads)."""
         cfg = self.config
-        b, n = items.shape
         raw, nbr_emb = self._embed(items)
         emb = self.dropout(raw)
         k = cfg.interests
         y = self._interest_weights(emb)
-        x = (y.transpose(1, 2)[..., None] * emb[:, None, :, :]).reshape(b * k, n, -1)
-        adj_k = adj[:, None].expand(b, k, n, 2 * n).reshape(b * k, n, 2 * n)
-        h = self._propagate(adj_k.to(x.dtype), x).reshape(b, k, n, -1)
+        h = self._propagate(adj.to(emb.dtype), emb, y.transpose(1, 2))
         if cfg.use_global:
             h = h + y.transpose(1, 2)[..., None] * self._global_context(items, emb, nbr_emb)[:, None]
         length = mask.sum(1)
         last_index = (length - 1).clamp(min=0).long()
         steps = torch.arange(alias.shape[1], device=alias.device)
         rev_pos = (length.long()[:, None] - 1 - steps[None, :]).clamp(0, cfg.max_len - 1)
-        dim = h.shape[-1]
-        seq = torch.gather(h.reshape(b * k, n, dim), 1,
-                           alias.repeat_interleave(k, 0)[..., None].expand(-1, -1, dim))
-        reps = self.readout(seq, mask.repeat_interleave(k, 0).to(seq.dtype), last_index.repeat_interleave(k, 0),
-                            rev_pos.repeat_interleave(k, 0)).reshape(b, k, dim)
+        dim = cfg.dim
+        seq = torch.gather(h, 2, alias[:, None, :, None].expand(-1, k, -1, dim))
         last_node = torch.gather(alias, 1, last_index[:, None])
+        last = torch.gather(h, 2, last_node[:, None, :, None].expand(-1, k, 1, dim)).squeeze(2)
+        reps = self.readout(seq, mask[:, None].to(seq.dtype), last, rev_pos[:, None])
         last_emb = torch.gather(raw, 1, last_node[..., None].expand(-1, 1, dim)).squeeze(1)
         session = self._fuse_interests(reps, last_emb)
         if cfg.use_history and hist_items is not None:

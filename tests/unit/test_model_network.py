@@ -9,7 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from model.graphs import build_global_graph, build_history_graphs, build_session_graphs  # noqa: E402
-from model.network import ModelConfig, build_network, row_normalize, target_log_likelihood  # noqa: E402
+from model.network import (  # noqa: E402
+    GatedGraphCell,
+    ModelConfig,
+    Readout,
+    build_network,
+    row_normalize,
+    target_log_likelihood,
+)
 
 SESSIONS = [[1, 2, 3, 2], [5, 6], [7, 7, 7, 8, 9]]
 TARGETS = torch.tensor([2, 10, 7])
@@ -75,6 +82,59 @@ def test_row_normalize_matches_f_normalize_values_and_gradient():
     (torch.nn.functional.normalize(x, dim=-1) * weights).sum().backward()
     assert torch.allclose(fused, x.grad, atol=1e-12)
     assert torch.allclose(row_normalize(x), torch.nn.functional.normalize(x, dim=-1), atol=1e-15)
+
+
+def _ggnn_step(cell, adj, hidden):
+    """SR-GNN eq. 1-5 as written: edge projections, messages, input gates on their concatenation, GRU."""
+    n = hidden.shape[1]
+    msg_in = adj[:, :, :n] @ cell.edge_in(hidden) + cell.bias_in
+    msg_out = adj[:, :, n:] @ cell.edge_out(hidden) + cell.bias_out
+    i_r, i_z, i_n = cell.input_gates(torch.cat([msg_in, msg_out], -1)).chunk(3, -1)
+    h_r, h_z, h_n = cell.hidden_gates(hidden).chunk(3, -1)
+    reset, update = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+    candidate = torch.tanh(i_n + reset * h_n)
+    return (1 - update) * candidate + update * hidden
+
+
+def test_folded_ggnn_step_equals_the_step_as_written_on_every_interest_graph():
+    """The cell's folded form (weights multiplied out, the k interest graphs sharing one projection) is the
+    same function as SR-GNN's step, for one graph, for k row-scaled copies, and for a second step."""
+    torch.manual_seed(0)
+    cell = GatedGraphCell(6).double()
+    for p in cell.parameters():
+        torch.nn.init.normal_(p)
+    m, n, k = 4, 5, 3
+    adj = torch.rand(m, n, 2 * n, dtype=torch.float64) * (torch.rand(m, n, 2 * n) < 0.5)
+    adj = adj / adj.sum(-1, keepdim=True).clamp(min=1e-9)
+    hidden = torch.randn(m, n, 6, dtype=torch.float64)
+    scale = torch.rand(m, k, n, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(cell(adj, hidden), _ggnn_step(cell, adj, hidden))
+        folded = cell(adj, hidden, scale)
+        assert folded.shape == (m, k, n, 6)
+        for j in range(k):
+            torch.testing.assert_close(folded[:, j], _ggnn_step(cell, adj, scale[:, j, :, None] * hidden))
+        again = cell(adj[:, None], folded)
+        torch.testing.assert_close(again[:, 1], _ggnn_step(cell, adj, folded[:, 1]))
+
+
+def test_readout_with_positions_equals_the_readout_as_written():
+    """The readout splits ``mix`` into a per-click and a per-position part; the result is GCE-GNN's
+    position-aware attention readout as written."""
+    torch.manual_seed(0)
+    readout = Readout(6, max_len=7, use_positions=True).double()
+    seq = torch.randn(3, 4, 6, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float64)
+    rev_pos = torch.tensor([[3, 2, 1, 0], [1, 0, 0, 0], [6, 6, 5, 4]])
+    last = seq[torch.arange(3), torch.tensor([3, 1, 3])]
+    keys = torch.tanh(readout.mix(torch.cat([seq, readout.positions(rev_pos)], -1)))
+    alpha = readout.q(torch.sigmoid(readout.w_last(last)[:, None, :] + readout.w_seq(keys)))
+    expected = readout.out(torch.cat([last, (alpha * seq * mask[..., None]).sum(1)], -1))
+    with torch.no_grad():
+        torch.testing.assert_close(readout(seq, mask, last, rev_pos), expected)
+        shared = readout(torch.stack([seq, 2 * seq], 1), mask[:, None], torch.stack([last, 2 * last], 1),
+                         rev_pos[:, None])
+        torch.testing.assert_close(shared[:, 0], expected)
 
 
 def test_gumbel_noise_only_in_training():
