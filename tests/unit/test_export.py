@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 
 from export.artefact import (  # noqa: E402
     CARD_FILE,
@@ -95,6 +95,14 @@ def test_artefact_has_model_vocabulary_and_card_with_checksums(exported):
     assert not (art.parent / "art.partial").exists()
     assert card["parity"]["passed"] and card["parity"]["source"] == "test"
     assert card["model_version"].startswith("toy-") and card["model_version"].endswith(card["files"][MODEL_FILE][:12])
+
+
+def test_exported_graph_has_no_control_flow(exported):
+    """Every shape the exporter traces is static where it can be, so the graph has no ``If`` node (which would
+    split a TensorRT engine) even with two GGNN steps and the co-occurrence prior."""
+    _, art, _ = exported
+    ops = {node.op_type for node in onnx.load(str(art / MODEL_FILE)).graph.node}
+    assert "TopK" in ops and not ops & {"If", "Loop", "Scan"}
 
 
 def test_interest_table_is_the_networks_inference_assignment(exported):
