@@ -232,12 +232,20 @@ class Scorer:
         get = self._index.get
         return np.fromiter((get(str(e), 0) for e in external_ids), dtype=np.int64, count=len(external_ids))
 
-    def interest_weights(self, indices: Sequence[int]) -> np.ndarray | None:
-        """float32 ``[k]``: the mean interest assignment of the items ``indices`` (a session's known clicks),
-        so that it sums to 1; None when the artefact has no interest table or ``indices`` is empty."""
-        if self.interests is None or len(indices) == 0:
+    def interest_weights(self, sessions: Sequence[np.ndarray]) -> np.ndarray | None:
+        """float32 ``[len(sessions), k]``: per session (item indices, at least one), the mean interest
+        assignment of its items, so that each row sums to 1; one pass for the whole batch, not a numpy
+        call per session. None when the artefact has no interest table."""
+        if self.interests is None:
             return None
-        return self.interests[np.asarray(indices, dtype=np.int64)].mean(0)
+        lengths = np.fromiter(map(len, sessions), dtype=np.int64, count=len(sessions))
+        if not lengths.all():
+            raise ValueError("interest_weights: every session needs at least one item")
+        if not len(sessions):
+            return np.zeros((0, self.interests.shape[1]), np.float32)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        rows = self.interests[np.concatenate(sessions).astype(np.int64, copy=False)]
+        return np.add.reduceat(rows, starts, axis=0) / lengths[:, None].astype(np.float32)
 
     def external_ids(self, indices: np.ndarray) -> np.ndarray:
         """External ids (numpy str array, same shape as ``indices``); index 0 maps to ``""``."""

@@ -109,28 +109,25 @@ def score_batch(scorer: Any, steps: Sequence[SessionPrefix]) -> list[Scoring]:
             histories = [[(h := scorer.index_of(s))[h > 0] for s in steps[b].history] for b in rows]
         top, scores = scorer.recommend_sessions([known[b] for b in rows], histories)
         top_ids, top_scores = scorer.external_ids(top).tolist(), scores.tolist()
-    weights = [scorer.interest_weights(session) for session in known]
+    clicked = [int(session[-1]) if len(session) else 0 for session in indices]
+    weights: list = [None] * len(rows)
+    own: list = [None] * len(steps)
+    if scorer.interests is not None:
+        weights = scorer.interest_weights([known[b] for b in rows]).tolist()
+        own = scorer.interests[clicked].tolist()
     row_of = {b: row for row, b in enumerate(rows)}
     results = []
-    for b, session in enumerate(indices):
+    for b, item in enumerate(clicked):
         row = row_of.get(b)
         results.append(Scoring(
             items=top_ids[row] if row is not None else [],
             scores=top_scores[row] if row is not None else [],
             scored=row is not None,
-            clicked=int(session[-1]) if len(session) else 0,
-            interests=None if weights[b] is None else weights[b].tolist(),
-            item_interests=_item_interests(scorer, session),
+            clicked=item,
+            interests=weights[row] if row is not None else None,
+            item_interests=own[b] if item > 0 else None,
         ))
     return results
-
-
-def _item_interests(scorer: Any, session: Any) -> list[float] | None:
-    """The interest assignment of the session's last click, when the model knows it."""
-    if not len(session) or session[-1] <= 0:
-        return None
-    weights = scorer.interest_weights(session[-1:])
-    return None if weights is None else weights.tolist()
 
 
 class ScoringThread(Generic[T, R]):

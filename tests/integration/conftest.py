@@ -56,7 +56,9 @@ DIGINETICA = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split"
 def artefact(tmp_path_factory) -> Path:
     """A Diginetica-sized artefact (43,097 items) made by the real export path from a seeded random-weight
     IGRec. The worker's behaviour does not depend on the weights being trained, only on the artefact being a
-    real one; item embeddings are scaled up so scores are peaked (no near-ties) as in a trained network."""
+    real one. A random network has more near-tied top-20 scores than a trained one (about 1 case in 2,000
+    here swaps two items 1e-6 apart), so the parity check runs on 2,000 cases, where the 99.9 % bar allows
+    two such swaps, not on a few hundred, where it allows none."""
     torch = pytest.importorskip("torch")
     from export.exporter import ExportOptions, build_artefact
     from model.network import ModelConfig, build_network
@@ -65,13 +67,11 @@ def artefact(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = ModelConfig(n_items=43_097, dim=32, interests=2, steps=1)
     net = build_network(config).eval()
-    with torch.no_grad():
-        net.item_encoder.table().mul_(4.0)
     checkpoint = root / "run" / "best.pt"
     checkpoint.parent.mkdir()
     torch.save({"model": net.state_dict(), "config": config.to_dict(), "train": {"max_len": 50}}, checkpoint)
     out, report = build_artefact(
-        ExportOptions(checkpoint=str(checkpoint), out=str(root / "art"), data=str(DIGINETICA), parity_cases=300)
+        ExportOptions(checkpoint=str(checkpoint), out=str(root / "art"), data=str(DIGINETICA), parity_cases=2000)
     )
     assert report.passed
     return out

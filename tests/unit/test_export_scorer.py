@@ -128,9 +128,15 @@ def test_interest_table_of_the_wrong_shape_is_refused(copy):
 
 def test_session_interest_weights_are_the_mean_of_its_items(artefact):
     scorer = Scorer(artefact, providers="cpu")
-    weights = scorer.interest_weights([3, 5])
-    assert np.allclose(weights, scorer.interests[[3, 5]].mean(0)) and abs(weights.sum() - 1) < 1e-5
-    assert scorer.interest_weights([]) is None
+    sessions = [np.array([3, 5]), np.array([7]), np.array([2, 2, 9, 4])]
+    weights = scorer.interest_weights(sessions)
+    assert weights.shape == (3, scorer.interests.shape[1]) and weights.dtype == np.float32
+    for row, session in zip(weights, sessions, strict=True):
+        np.testing.assert_allclose(row, scorer.interests[session].mean(0), atol=1e-6)
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)
+    assert scorer.interest_weights([]).shape == (0, scorer.interests.shape[1])
+    with pytest.raises(ValueError, match="at least one item"):
+        scorer.interest_weights([np.array([3]), np.array([], np.int64)])
 
 
 def test_missing_card_or_folder(copy, tmp_path):

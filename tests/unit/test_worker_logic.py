@@ -28,8 +28,8 @@ class FakeScorer:
     interests = np.array([[0.0, 0.0]] + [[i / 10, 1 - i / 10] for i in range(1, 10)], dtype=np.float32)
     uses_history = True
 
-    def interest_weights(self, indices):
-        return self.interests[list(indices)].mean(0) if len(indices) else None
+    def interest_weights(self, sessions):
+        return np.array([self.interests[list(s)].mean(0) for s in sessions])
 
     def index_of(self, ids):
         return np.array([int(i) if i.isdigit() and 0 < int(i) < 10 else 0 for i in ids], dtype=np.int64)
