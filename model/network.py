@@ -133,7 +133,8 @@ class GatedGraphCell(nn.Module):
         self.hidden_gates = nn.Linear(dim, 3 * dim)
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(node projection [9D, D], edge biases [2, 3D] (in, out), constant bias [3D]), in float32."""
+        """(node projection [9D, D], edge biases [2, 3D] (in, out), constant bias [3D]), multiplied out from
+        the weights outside autocast (in their own dtype, float32 in training and serving)."""
         d = self.edge_in.weight.shape[0]
         with torch.autocast(device_type=self.edge_in.weight.device.type, enabled=False):
             gate_in, gate_out = self.input_gates.weight[:, :d], self.input_gates.weight[:, d:]
