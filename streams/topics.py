@@ -8,18 +8,23 @@ from aiokafka.partitioner import murmur2
 from streams.settings import Settings
 
 
-async def ensure_topics(settings: Settings, names: list[str] | None = None) -> dict[str, int]:
-    """Create the missing topics among ``names`` (default: every igrec topic); returns partitions per topic."""
+async def ensure_topics(settings: Settings, names: list[str] | None = None,
+                        configs: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
+    """Create the missing topics among ``names`` (default: every igrec topic), with the topic ``configs``
+    given per name (e.g. ``cleanup.policy``); returns partitions per topic."""
     wanted = names if names is not None else list(settings.topics.values())
+    configs = configs or {}
     admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:
-            await admin.create_topics(
-                [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1) for name in missing]
-            )
+            await admin.create_topics([
+                NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1,
+                         topic_configs=configs.get(name, {}))
+                for name in missing
+            ])
         described = await admin.describe_topics(wanted)
         return {entry["topic"]: len(entry["partitions"]) for entry in described}
     finally:

@@ -41,6 +41,7 @@ from typing import Any, cast
 import faust
 import faust.streams as faust_streams
 import orjson
+from mode.utils.times import want_seconds
 
 from streams import faust_fixes, metrics
 from streams.changelog import OutboxTable
@@ -473,6 +474,31 @@ def transition_bundle(raw: bytes) -> list[dict]:
     return value if isinstance(value, list) else [value]
 
 
+def internal_topics(app: faust.App) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The app's own topics (its Tables' changelogs and its agents' internal topics), and the configs that
+    faust would create them with, for :func:`streams.topics.ensure_topics` to create before the worker starts.
+
+    faust creates them itself as the worker starts, while its consumer is joining the group. A topic created
+    during the join can be in the group's metadata snapshot with 0 partitions; every write to a Table whose
+    changelog it is then fails faust's co-partitioning check (``PartitionsMismatch``), and the agent restarts
+    and fails again until a metadata refresh (up to 5 minutes). Seen in the demo on a fresh stack: no NEXT
+    counts. Created first, the topics are in the first snapshot.
+    """
+    topics = [table.changelog_topic for table in app.tables.values()]
+    topics += [agent.channel for agent in app.agents.values() if getattr(agent.channel, "internal", False)]
+    names = [topic.get_topic_name() for topic in topics]
+    configs: dict[str, dict[str, str]] = {}
+    for name, topic in zip(names, topics, strict=True):
+        config = {key: str(value) for key, value in (topic.config or {}).items()}
+        policy = [flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on]
+        if policy:
+            config.setdefault("cleanup.policy", ",".join(policy))
+        if topic.retention:
+            config.setdefault("retention.ms", str(int(want_seconds(topic.retention) * 1000)))
+        configs[name] = config
+    return names, configs
+
+
 def freeze_long_lived_objects() -> None:
     """Exempt every object alive now from the cyclic garbage collector (``gc.freeze``). Called when the agent
     starts, once faust's services, topics, tables and consumer exist: they live as long as the process, and
@@ -506,5 +532,6 @@ def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info",
     metrics.watch_gc()
     asyncio.run(ensure_topics(settings))
     app = create_app(settings, config)
+    asyncio.run(ensure_topics(settings, *internal_topics(app)))
     worker = quiet_worker_class()(app, loglevel=loglevel, logging_config=logging_config(loglevel, json_logs))
     worker.execute_from_commandline()

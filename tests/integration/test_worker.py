@@ -96,6 +96,38 @@ def iso(settings: Settings) -> Settings:
     return isolated
 
 
+def test_the_workers_own_topics_are_created_before_it_starts(iso: Settings, artefact: Path, tmp_path) -> None:
+    """The Tables' changelogs (compacted) and the transitions topic exist, with the configured partitions,
+    before faust's consumer joins: created during the join, a changelog can enter the group's metadata with
+    0 partitions and fail every write to its Table (PartitionsMismatch), as once in the demo."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams.worker import WorkerConfig, create_app, internal_topics
+
+    app = create_app(iso, WorkerConfig(artefact=artefact, app_id=f"{iso.topic_events}-w", metrics_port=None,
+                                       data_dir=tmp_path))
+    names, configs = internal_topics(app)
+    assert sorted(names) == sorted(f"{iso.topic_events}-w-{suffix}" for suffix in
+                                   ("users-changelog", "next-counts-changelog", "transitions"))
+    partitions = asyncio.run(ensure_topics(iso, names, configs))
+    assert partitions == {name: iso.topic_partitions for name in names}
+
+    async def cleanup_policies() -> dict[str, str]:
+        admin = AIOKafkaAdminClient(**iso.aiokafka_kwargs())
+        await admin.start()
+        try:
+            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+        finally:
+            await admin.close()
+        return {resource[3]: dict((c[0], c[1]) for c in resource[4])["cleanup.policy"]
+                for response in described for resource in response.resources}
+
+    assert asyncio.run(cleanup_policies()) == {f"{iso.topic_events}-w-users-changelog": "compact",
+                                               f"{iso.topic_events}-w-next-counts-changelog": "compact",
+                                               f"{iso.topic_events}-w-transitions": "delete"}
+
+
 def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
     sessions = diginetica_sessions(120)
     expected = expected_recommendations(scorer, sessions, run="parity")
