@@ -37,6 +37,10 @@ DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall"
 STEPS = 8
 
 
+STREAM_RELATIONS = ("CLICKED", "HAD", "NEXT")
+"""Relationships that every replayed stream writes into Neo4j; the demo fails when one is absent."""
+
+
 def _say(step: int, text: str) -> None:
     print(f"\n[{step}/{STEPS}] {text}", flush=True)
 
@@ -226,6 +230,10 @@ def _show_graph(settings: Settings, work: Path, processes: list[subprocess.Popen
             title=f"most clicked item {top_item} and its neighbours",
         )
     print("Neo4j now holds: " + ", ".join(f"{name} {n:,}" for name, n in totals.items()))
+    missing = [rel for rel in STREAM_RELATIONS if not totals.get(rel)]
+    if missing:
+        print(f"MISSING: no {', '.join(missing)} relationships; the worker did not write them (see {work}/worker.log)")
+        return 1
     print(f"picture of the most clicked item's neighbourhood: {picture}")
     print(
         f"\nwhere to look:\n"
