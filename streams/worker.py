@@ -530,8 +530,8 @@ def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info",
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     metrics.watch_gc()
-    asyncio.run(ensure_topics(settings))
     app = create_app(settings, config)
-    asyncio.run(ensure_topics(settings, *internal_topics(app)))
+    own, configs = internal_topics(app)
+    asyncio.run(ensure_topics(settings, [*settings.topics.values(), *own], configs))
     worker = quiet_worker_class()(app, loglevel=loglevel, logging_config=logging_config(loglevel, json_logs))
     worker.execute_from_commandline()
