@@ -489,13 +489,10 @@ def internal_topics(app: faust.App) -> tuple[list[str], dict[str, dict[str, str]
     names = [topic.get_topic_name() for topic in topics]
     configs: dict[str, dict[str, str]] = {}
     for name, topic in zip(names, topics, strict=True):
-        config = {key: str(value) for key, value in (topic.config or {}).items()}
-        policy = [flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on]
-        if policy:
-            config.setdefault("cleanup.policy", ",".join(policy))
-        if topic.retention:
-            config.setdefault("retention.ms", str(int(want_seconds(topic.retention) * 1000)))
-        configs[name] = config
+        retention_ms = int(want_seconds(topic.retention) * 1000) if topic.retention else None
+        config = app.transport._topic_config(retention_ms, topic.compacting, topic.deleting)  # faust's own rule
+        config.update(topic.config or {})
+        configs[name] = {key: str(value) for key, value in config.items()}
     return names, configs
 
 
