@@ -432,10 +432,10 @@ class IGRec(nn.Module):
         raw, nbr_emb = self._embed(items)
         emb = self.dropout(raw)
         k = cfg.interests
-        y = self._interest_weights(emb)
-        h = self._propagate(adj.to(emb.dtype), emb, y.transpose(1, 2))
+        shares = self._interest_weights(emb).transpose(1, 2)
+        h = self._propagate(adj.to(emb.dtype), emb, shares)
         if cfg.use_global:
-            h = h + y.transpose(1, 2)[..., None] * self._global_context(items, emb, nbr_emb)[:, None]
+            h = h + shares[..., None] * self._global_context(items, emb, nbr_emb)[:, None]
         length = mask.sum(1)
         last_index = (length - 1).clamp(min=0).long()
         steps = torch.arange(alias.shape[1], device=alias.device)
@@ -449,7 +449,7 @@ class IGRec(nn.Module):
         session = self._fuse_interests(reps, last_emb)
         if cfg.use_history and hist_items is not None:
             session = self._history(session, hist_items, hist_adj)
-        node_h = (y.transpose(1, 2)[..., None] * h).sum(1)
+        node_h = (shares[..., None] * h).sum(1)
         return self.dropout(session), node_h, last_emb
 
     def logits(self, session: torch.Tensor, prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
