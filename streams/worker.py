@@ -34,6 +34,7 @@ import gc
 import logging
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -94,6 +95,13 @@ class WorkerConfig:
     """Kafka drops a worker that sent no heartbeat for this long and hands its partitions on. faust's default,
     60 s, held a crashed worker's partitions for a minute before its replacement got them; heartbeats go
     every 3 s from the consumer's own thread, so the event loop's load does not delay them."""
+    crash_limit: int = 3
+    """An agent that crashes this many times within ``crash_window_s`` stops the worker (exit status 1), and
+    0 never does. faust restarts a crashed agent at once and forever: an agent that fails on every message
+    (a co-partitioning error once made the NEXT counter do so every 5 s) leaves a worker that runs on without
+    doing that agent's work, and only its log says so. Stopping hands the partitions to the group and the
+    process to its supervisor; delivery is at-least-once, so a restart loses nothing."""
+    crash_window_s: float = 60.0
     scorer_nice: int = -10
     """Added to the scorer process's nice value. On a machine whose cores the worker shares (the broker, other
     processes), a scorer that waits for a core holds up every event of its chunk; a higher priority
@@ -118,7 +126,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     data_dir = config.data_dir or settings.state_dir / "worker" / config.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = WorkerApp(
         config.app_id,
         **settings.faust_broker(),
         store="rocksdb://",
@@ -134,6 +142,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         producer_max_batch_size=256 * 1024,
         Table=OutboxTable,
     )
+    app.crash_watch = CrashWatch(config.crash_limit, config.crash_window_s)
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
     users = cast(OutboxTable, app.Table("users", partitions=partitions, key_type=bytes))
@@ -354,6 +363,51 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     faust_fixes.install(app)
     return app
+
+
+class AgentCrashLoop(RuntimeError):
+    """An agent crashed ``CrashWatch.limit`` times within its window; the worker stops with this reason."""
+
+
+class CrashWatch:
+    """Counts each agent's crashes in a sliding window of ``window_s`` seconds."""
+
+    def __init__(self, limit: int = 3, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.times: dict[str, deque[float]] = {}
+
+    def crashed(self, agent: str, now: float) -> int:
+        """Record a crash of ``agent`` at ``now``; returns its crashes within the window, this one included."""
+        times = self.times.setdefault(agent, deque())
+        times.append(now)
+        while times[0] <= now - self.window_s:
+            times.popleft()
+        return len(times)
+
+    def too_many(self, crashes: int) -> bool:
+        return 0 < self.limit <= crashes
+
+
+class WorkerApp(faust.App):
+    """faust's App, whose agents' crashes are counted (``igrec_agent_crashes_total``, an error log line each)
+    and which stops, exit status 1, when an agent crash-loops (:attr:`WorkerConfig.crash_limit`)."""
+
+    crash_watch: CrashWatch
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        await super()._on_agent_error(agent, exc)
+        name = agent.name.rsplit(".", 1)[-1]
+        metrics.AGENT_CRASHES.labels(agent=name).inc()
+        crashes = self.crash_watch.crashed(name, time.monotonic())
+        fields = {"agent": name, "error": repr(exc), "crashes_in_window": crashes,
+                  "window_s": self.crash_watch.window_s, "limit": self.crash_watch.limit}
+        log.error("agent %s crashed (faust restarts it): %r", name, exc, extra={"fields": fields})
+        if self.crash_watch.too_many(crashes):
+            log.critical("agent %s crashed %d times in %.0f s: stopping the worker", name, crashes,
+                         self.crash_watch.window_s, extra={"fields": fields})
+            await self.crash(AgentCrashLoop(f"agent {name} crashed {crashes} times within "
+                                            f"{self.crash_watch.window_s:.0f} s; last error: {exc!r}"))
 
 
 class StallWatch:

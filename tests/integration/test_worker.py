@@ -274,3 +274,33 @@ def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: P
     assert len(reasons) >= 5, reasons
     assert all(records[0]["source_topic"] == iso.topic_events for records in dead.values())
     assert set(recs) == {e["event_id"] for e in good}, "the worker must keep serving after bad input"
+
+
+def test_an_agent_that_crash_loops_stops_the_worker(iso: Settings, artefact: Path, tmp_path) -> None:
+    """faust restarts a crashed agent forever, so a worker whose NEXT counter fails on every message would run on
+    without counting. Messages the counter cannot read (only workers write its topic: this stands in for such a
+    bug) crash it once each: after two the worker still serves, the third within the window stops it (exit
+    status 1) and its log says why. Its supervisor restarts it; delivery is at-least-once."""
+    app_id = f"{iso.topic_events}-w"
+    worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id,
+                           extra=["--crash-limit", "3", "--crash-window", "300"]).start()
+
+    def crashes() -> int:
+        return worker.log_tail(1_000_000).count("crashed (faust restarts it)")
+
+    def served(sessions: list[list[int]], run: str, want: int) -> set[str]:
+        asyncio.run(publish(iso, iso.topic_events, list(session_events(sessions, run=run))))
+        return set(asyncio.run(collect(iso, iso.topic_recommendations, want, timeout=120, watch=[worker])))
+
+    try:
+        assert len(served([[214, 2]], "before", 2)) == 2
+        asyncio.run(publish_payloads(iso, f"{app_id}-transitions", [b"not json", b"{"]))
+        assert wait_until(lambda: crashes() == 2, timeout=60), worker.log_tail()
+        assert len(served([[2, 214]], "between", 4)) == 4, "two crashes: the worker serves on"
+        assert worker.alive() and crashes() == 2
+        asyncio.run(publish_payloads(iso, f"{app_id}-transitions", [b"[1"]))
+        assert wait_until(lambda: not worker.alive(), timeout=120), worker.log_tail()
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 1
+    assert "agent count_transitions crashed 3 times in 300 s: stopping the worker" in worker.log_tail(1_000_000)
