@@ -37,8 +37,10 @@ SINK_GROUP = "igrec-neo4j-sink"
 
 
 def connect(settings: Settings) -> Driver:
-    """A driver for the configured Neo4j, connectivity verified."""
-    driver = GraphDatabase.driver(settings.neo4j_url, auth=settings.neo4j_auth())
+    """A driver for the configured Neo4j, connectivity verified. The server sends warnings (deprecations,
+    performance hints) but not its informational notes, such as one per ``CREATE CONSTRAINT IF NOT EXISTS``
+    that finds the constraint, which the driver logged at every start."""
+    driver = GraphDatabase.driver(settings.neo4j_url, auth=settings.neo4j_auth(), notifications_min_severity="WARNING")
     driver.verify_connectivity()
     return driver
 
