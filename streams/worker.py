@@ -15,7 +15,8 @@ record batches (``streams.outbox``) rather than one producer call at a time. So 
 n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
-outputs are queued in faust's producer, and faust flushes that producer (outputs and changelog; all of the
+outputs (or its dead letter) are queued in faust's producer, also when an agent crashes mid-batch (which
+stops the worker, ``WorkerConfig.crash_limit``), and faust flushes that producer (outputs and changelog; all of the
 changelog since ``streams.faust_fixes``) before it commits offsets, so a crash can only re-deliver. A
 re-delivered event does not change the state (``streams.state`` keeps the last applied offset per user) and
 its recommendation is recomputed on the same prefix and re-emitted under the same ``event_id``; triples are
@@ -95,12 +96,15 @@ class WorkerConfig:
     """Kafka drops a worker that sent no heartbeat for this long and hands its partitions on. faust's default,
     60 s, held a crashed worker's partitions for a minute before its replacement got them; heartbeats go
     every 3 s from the consumer's own thread, so the event loop's load does not delay them."""
-    crash_limit: int = 3
-    """An agent that crashes this many times within ``crash_window_s`` stops the worker (exit status 1), and
-    0 never does. faust restarts a crashed agent at once and forever: an agent that fails on every message
-    (a co-partitioning error once made the NEXT counter do so every 5 s) leaves a worker that runs on without
-    doing that agent's work, and only its log says so. Stopping hands the partitions to the group and the
-    process to its supervisor; delivery is at-least-once, so a restart loses nothing."""
+    crash_limit: int = 1
+    """An agent that crashes this many times within ``crash_window_s`` stops the worker (exit status 1); 0
+    never does. faust restarts a crashed agent at once and forever, but the restarted agent does not get back
+    what the crashed one held: events admitted and not yet answered stay unanswered, and their offsets hold
+    back every later commit of their partitions, until the worker restarts and Kafka re-delivers them. An
+    agent that fails on every message (a co-partitioning error once made the NEXT counter do so every 5 s)
+    leaves a worker that runs on without doing that agent's work. So by default the first crash stops the
+    worker: its partitions go to the group, the process to its supervisor, and a restart re-delivers what was
+    in flight (delivery is at-least-once: nothing is lost)."""
     crash_window_s: float = 60.0
     scorer_nice: int = -10
     """Added to the scorer process's nice value. On a machine whose cores the worker shares (the broker, other
@@ -247,10 +251,13 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     @app.agent(events)
     async def process(stream: faust.StreamT) -> None:
         """Admit each micro-batch, queue it for scoring and take the next one at once: the scoring stage and
-        the emitter work on earlier batches meanwhile. An admitted event's message gets one more reference
-        here, released by the emitter after its outputs are queued in the producer; faust commits an offset
-        only when every reference is released (and all earlier offsets), and flushes the producer before it
-        commits, so no event is committed before its outputs are in Kafka."""
+        the emitter work on earlier batches meanwhile. Every message of a batch gets one more reference as the
+        batch arrives, released once the event is handled: by the emitter after its outputs are queued in the
+        producer, or here after its dead letter is. faust commits an offset only when every reference is
+        released (and all earlier offsets), and flushes the producer before it commits, so no event is
+        committed before its outputs are in Kafka. (faust releases its own references to a batch when the
+        agent moves on or crashes: a crash mid-batch would otherwise commit the events after the one that
+        failed without handling them.)"""
         out = await open_outbox()
         users.write_through(out)
         stage: ScoringThread[Scored, Scoring] = ScoringThread(
@@ -263,7 +270,10 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         try:
             async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
                 now = time.time()
+                for faust_event in batch:
+                    faust_event.message.incref()
                 admitted: list[Scored] = []
+                refused: list[Any] = []
                 for faust_event in batch:
                     _CURRENT_EVENT.set(weakref.ref(faust_event))
                     message = faust_event.message
@@ -272,11 +282,12 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                         admitted.append(admit(message, now))
                     except (EventError, OversizedSession) as error:
                         dead_letter(out, message, str(error))
-                    else:
-                        message.incref()
-                metrics.EVENTS.labels(outcome="dead_lettered").inc(len(batch) - len(admitted))
+                        refused.append(message)
+                metrics.EVENTS.labels(outcome="dead_lettered").inc(len(refused))
                 add_transitions(out, admitted)
                 await out.send()
+                for message in refused:
+                    message.ack(app.consumer)
                 if admitted:
                     await unless_stopped(stage.put(admitted), emitter)
         finally:
@@ -324,6 +335,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         out = await open_outbox()
         next_counts.write_through(out)
         async for faust_event in stream.events():
+            faust_event.message.incref()  # released once handled: faust's own reference is released on a crash too
             for transition in transition_bundle(faust_event.value):
                 key = transition_key(transition["head"], transition["tail"])
                 state = next_counts.get(key) or {"count": 0, "hw": {}}
@@ -334,6 +346,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
                 out.add(settings.topic_triples, key, fact.to_json())
             await out.send()
+            faust_event.message.ack(app.consumer)
 
     processed: dict[int, int] = {}
     pipeline: dict[str, Any] = {}
@@ -365,8 +378,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     return app
 
 
-class AgentCrashLoop(RuntimeError):
-    """An agent crashed ``CrashWatch.limit`` times within its window; the worker stops with this reason."""
+class AgentCrashed(RuntimeError):
+    """An agent crashed ``WorkerConfig.crash_limit`` times within its window; the worker stops with this reason."""
 
 
 class CrashWatch:
@@ -391,7 +404,7 @@ class CrashWatch:
 
 class WorkerApp(faust.App):
     """faust's App, whose agents' crashes are counted (``igrec_agent_crashes_total``, an error log line each)
-    and which stops, exit status 1, when an agent crash-loops (:attr:`WorkerConfig.crash_limit`)."""
+    and which stops, exit status 1, when an agent crashes :attr:`WorkerConfig.crash_limit` times."""
 
     crash_watch: CrashWatch
 
@@ -402,12 +415,11 @@ class WorkerApp(faust.App):
         crashes = self.crash_watch.crashed(name, time.monotonic())
         fields = {"agent": name, "error": repr(exc), "crashes_in_window": crashes,
                   "window_s": self.crash_watch.window_s, "limit": self.crash_watch.limit}
-        log.error("agent %s crashed (faust restarts it): %r", name, exc, extra={"fields": fields})
+        log.error("agent %s crashed: %r", name, exc, extra={"fields": fields})
         if self.crash_watch.too_many(crashes):
-            log.critical("agent %s crashed %d times in %.0f s: stopping the worker", name, crashes,
-                         self.crash_watch.window_s, extra={"fields": fields})
-            await self.crash(AgentCrashLoop(f"agent {name} crashed {crashes} times within "
-                                            f"{self.crash_watch.window_s:.0f} s; last error: {exc!r}"))
+            times = f"{crashes} time{'s' if crashes > 1 else ''} in {self.crash_watch.window_s:.0f} s"
+            log.critical("agent %s crashed %s: stopping the worker", name, times, extra={"fields": fields})
+            await self.crash(AgentCrashed(f"agent {name} crashed {times}; last error: {exc!r}"))
 
 
 class StallWatch:

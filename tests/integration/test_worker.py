@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -286,7 +288,7 @@ def test_an_agent_that_crash_loops_stops_the_worker(iso: Settings, artefact: Pat
                            extra=["--crash-limit", "3", "--crash-window", "300"]).start()
 
     def crashes() -> int:
-        return worker.log_tail(1_000_000).count("crashed (faust restarts it)")
+        return worker.log_tail(1_000_000).count('"msg":"agent count_transitions crashed: ')
 
     def served(sessions: list[list[int]], run: str, want: int) -> set[str]:
         asyncio.run(publish(iso, iso.topic_events, list(session_events(sessions, run=run))))
@@ -304,3 +306,108 @@ def test_an_agent_that_crash_loops_stops_the_worker(iso: Settings, artefact: Pat
         worker.stop()
     assert worker.process.returncode == 1
     assert "agent count_transitions crashed 3 times in 300 s: stopping the worker" in worker.log_tail(1_000_000)
+
+
+def scorer_child(worker: WorkerProcess) -> int:
+    """The pid of the worker's scorer process (``python -m streams.scoring``, a child of the worker)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == worker.process.pid and b"streams.scoring" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError("the worker has no scorer process")
+
+
+def test_the_scorer_killed_mid_stream_stops_the_worker_and_a_restart_answers_everything(
+        iso: Settings, artefact: Path, scorer, tmp_path) -> None:
+    """A crashed agent leaves the events it held unanswered and their offsets uncommitted until the worker
+    restarts, so the worker stops (exit status 1) at an agent's first crash, here from its scorer process
+    getting SIGKILL with events in flight; a restart then answers every event and commits to the end."""
+    sessions = diginetica_sessions(300, skip=1500)
+    events = list(session_events(sessions, run="scorer"))
+    expected = expected_recommendations(scorer, sessions, run="scorer")
+    app_id = f"{iso.topic_events}-w"
+    third = len(events) // 3
+    worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, events[:third]))
+        asyncio.run(collect(iso, iso.topic_recommendations, third // 2, timeout=240, watch=[worker]))
+        os.kill(scorer_child(worker), signal.SIGKILL)
+        asyncio.run(publish(iso, iso.topic_events, events[third : 2 * third]))
+        assert wait_until(lambda: not worker.alive(), timeout=60), worker.log_tail()
+        assert worker.process.returncode == 1, worker.log_tail()
+        assert "crashed 1 time in 60 s: stopping the worker" in worker.log_tail(1_000_000), worker.log_tail()
+        asyncio.run(publish(iso, iso.topic_events, events[2 * third :]))
+        worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[worker]))
+        assert_next_counts(iso, sessions)
+        behind = uncommitted(iso, app_id, timeout=30)
+    finally:
+        worker.stop()
+    assert_same_recommendations(got, expected)
+    assert_all_committed(behind)
+
+
+def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
+    """The group's committed offset per partition of the events topic (partitions without one left out)."""
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def read() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items()
+                if isinstance(tp, TopicPartition) and tp.topic == settings.topic_events and meta.offset >= 0}
+
+    return asyncio.run(read())
+
+
+def end_offsets(settings: Settings) -> dict[int, int]:
+    """The end offset of each partition of the events topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def read() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets([TopicPartition(settings.topic_events, p)
+                                               for p in range(settings.topic_partitions)])
+        finally:
+            await consumer.stop()
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    return asyncio.run(read())
+
+
+def test_a_crash_mid_batch_commits_no_event_it_did_not_handle(iso: Settings, artefact: Path, tmp_path) -> None:
+    """One user's stored state is not a state (as an incompatible version could leave it), so the agent crashes
+    on that user's first event and the worker stops. faust acknowledges a crashed batch's events itself; the
+    worker holds a reference to each message until the event is answered or dead-lettered, so the group's
+    commits stop short of that event: a restart re-delivers it instead of skipping it."""
+    app_id = f"{iso.topic_events}-w"
+    changelog = f"{app_id}-users-changelog"
+    asyncio.run(ensure_topics(iso, [changelog], {changelog: {"cleanup.policy": "compact"}}))
+    good = list(session_events(diginetica_sessions(40, skip=2500), run="fine"))
+    bad = list(session_events([[214, 2, 214]], run="corrupt"))
+    asyncio.run(publish_payloads(iso, changelog, [orjson.dumps("not a state")], [bad[0]["user_id"].encode()]))
+    worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, good))
+        answered = set(asyncio.run(collect(iso, iso.topic_recommendations, len(good), timeout=240, watch=[worker])))
+        handled = end_offsets(iso)
+        asyncio.run(publish(iso, iso.topic_events, bad))
+        assert wait_until(lambda: not worker.alive(), timeout=60), worker.log_tail()
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 1 and "agent process crashed" in worker.log_tail(1_000_000)
+    assert answered == {e["event_id"] for e in good}
+    committed = committed_offsets(iso, app_id)
+    assert all(committed.get(p, 0) <= end for p, end in handled.items()), (
+        f"the bad user's events were committed unhandled: committed {committed}, handled up to {handled}")
+    assert sum(end_offsets(iso).values()) == sum(handled.values()) + len(bad)
