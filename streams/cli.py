@@ -82,12 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds without a heartbeat after which Kafka drops a worker from the consumer "
                              "group and gives its partitions to the others (default 10; faust's own 60 leaves "
                              "a crashed worker's users without recommendations for a minute)")
-    worker.add_argument("--crash-limit", type=int, default=1,
-                        help="stop the worker (exit status 1) when one of its agents crashes this many times "
-                             "within --crash-window seconds (default: at the first crash). faust restarts a "
-                             "crashed agent, but what it held stays unanswered and uncommitted until a restart "
-                             "re-delivers it; 0: never stop (faust's behaviour)")
-    worker.add_argument("--crash-window", type=float, default=60.0, help="seconds of the --crash-limit window")
     worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
     worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
     worker.add_argument("--loglevel", default="info", help="debug, info, warning or error")
@@ -259,8 +253,6 @@ def _worker(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         scorer_nice=args.scorer_nice,
         session_timeout_s=args.session_timeout,
-        crash_limit=args.crash_limit,
-        crash_window_s=args.crash_window,
     )
     run_worker(args.settings, config, loglevel=args.loglevel, json_logs=args.log_format == "json")
     return 0

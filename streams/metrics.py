@@ -30,9 +30,6 @@ GC_PAUSE = Histogram(
     ["generation"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
-AGENT_CRASHES = Counter("igrec_agent_crashes_total",
-                        "Crashes of the worker's agents (faust restarts a crashed agent): alert on any increase",
-                        ["agent"])
 LAG = Gauge("igrec_consumer_lag", "Events not yet processed, per partition of the events topic", ["partition"])
 
 

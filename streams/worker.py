@@ -15,9 +15,9 @@ record batches (``streams.outbox``) rather than one producer call at a time. So 
 n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
-outputs (or its dead letter) are queued in faust's producer, also when an agent crashes mid-batch (which
-stops the worker, ``WorkerConfig.crash_limit``), and faust flushes that producer (outputs and changelog; all of the
-changelog since ``streams.faust_fixes``) before it commits offsets, so a crash can only re-deliver. A
+outputs (or its dead letter) are queued in faust's producer, also when an agent crashes (which stops the
+worker, :class:`WorkerApp`), and faust flushes that producer (outputs and changelog; all of the changelog
+since ``streams.faust_fixes``) before it commits offsets, so a crash can only re-deliver. A
 re-delivered event does not change the state (``streams.state`` keeps the last applied offset per user) and
 its recommendation is recomputed on the same prefix and re-emitted under the same ``event_id``; triples are
 absolute values. Exactly-once (Kafka transactions) was not chosen: it would make every output wait for a
@@ -35,7 +35,6 @@ import gc
 import logging
 import time
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -96,16 +95,6 @@ class WorkerConfig:
     """Kafka drops a worker that sent no heartbeat for this long and hands its partitions on. faust's default,
     60 s, held a crashed worker's partitions for a minute before its replacement got them; heartbeats go
     every 3 s from the consumer's own thread, so the event loop's load does not delay them."""
-    crash_limit: int = 1
-    """An agent that crashes this many times within ``crash_window_s`` stops the worker (exit status 1); 0
-    never does. faust restarts a crashed agent at once and forever, but the restarted agent does not get back
-    what the crashed one held: events admitted and not yet answered stay unanswered, and their offsets hold
-    back every later commit of their partitions, until the worker restarts and Kafka re-delivers them. An
-    agent that fails on every message (a co-partitioning error once made the NEXT counter do so every 5 s)
-    leaves a worker that runs on without doing that agent's work. So by default the first crash stops the
-    worker: its partitions go to the group, the process to its supervisor, and a restart re-delivers what was
-    in flight (delivery is at-least-once: nothing is lost)."""
-    crash_window_s: float = 60.0
     scorer_nice: int = -10
     """Added to the scorer process's nice value. On a machine whose cores the worker shares (the broker, other
     processes), a scorer that waits for a core holds up every event of its chunk; a higher priority
@@ -146,7 +135,6 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         producer_max_batch_size=256 * 1024,
         Table=OutboxTable,
     )
-    app.crash_watch = CrashWatch(config.crash_limit, config.crash_window_s)
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
     users = cast(OutboxTable, app.Table("users", partitions=partitions, key_type=bytes))
@@ -251,13 +239,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     @app.agent(events)
     async def process(stream: faust.StreamT) -> None:
         """Admit each micro-batch, queue it for scoring and take the next one at once: the scoring stage and
-        the emitter work on earlier batches meanwhile. Every message of a batch gets one more reference as the
-        batch arrives, released once the event is handled: by the emitter after its outputs are queued in the
-        producer, or here after its dead letter is. faust commits an offset only when every reference is
-        released (and all earlier offsets), and flushes the producer before it commits, so no event is
-        committed before its outputs are in Kafka. (faust releases its own references to a batch when the
-        agent moves on or crashes: a crash mid-batch would otherwise commit the events after the one that
-        failed without handling them.)"""
+        the emitter work on earlier batches meanwhile. Every message gets one more reference as the stream
+        takes it (:func:`hold_messages`), released once its event is handled: by the emitter after its outputs
+        are queued in the producer, or here after its dead letter is. faust commits an offset only when every
+        reference is released (and all earlier offsets), and flushes the producer before it commits, so no
+        event is committed before its outputs are in Kafka, crash or not."""
         out = await open_outbox()
         users.write_through(out)
         stage: ScoringThread[Scored, Scoring] = ScoringThread(
@@ -267,11 +253,10 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         freeze_long_lived_objects()
         pipeline.update(admitted=stage.inbox, scored=stage.scored)
         emitter = asyncio.ensure_future(emit_in_order(stage))
+        hold_messages(stream)
         try:
             async for batch in stream.take_events(config.batch_max, within=config.batch_wait_ms / 1000.0):
                 now = time.time()
-                for faust_event in batch:
-                    faust_event.message.incref()
                 admitted: list[Scored] = []
                 refused: list[Any] = []
                 for faust_event in batch:
@@ -378,48 +363,46 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     return app
 
 
+def hold_messages(stream: faust.StreamT) -> None:
+    """Give each message one more reference as ``stream`` takes it, for the agent to release when its event is
+    handled (``message.ack``). Added before ``take_events`` adds its own processor, so it runs first.
+
+    faust acknowledges what a ``take_events`` agent held when the agent crashes, and the stream's background
+    task, which fills the batches, goes on taking events and acknowledging them (with nobody to handle them)
+    until the worker stops: a commit then skipped them. With the reference held, their offsets stay
+    uncommitted and a restart re-delivers them (``docs/upstream.md``, 7)."""
+
+    def hold(value: Any) -> Any:
+        event = stream.current_event
+        if event is not None:
+            event.message.incref()
+        return value
+
+    stream.add_processor(hold)
+
+
 class AgentCrashed(RuntimeError):
-    """An agent crashed ``WorkerConfig.crash_limit`` times within its window; the worker stops with this reason."""
-
-
-class CrashWatch:
-    """Counts each agent's crashes in a sliding window of ``window_s`` seconds."""
-
-    def __init__(self, limit: int = 3, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self.times: dict[str, deque[float]] = {}
-
-    def crashed(self, agent: str, now: float) -> int:
-        """Record a crash of ``agent`` at ``now``; returns its crashes within the window, this one included."""
-        times = self.times.setdefault(agent, deque())
-        times.append(now)
-        while times[0] <= now - self.window_s:
-            times.popleft()
-        return len(times)
-
-    def too_many(self, crashes: int) -> bool:
-        return 0 < self.limit <= crashes
+    """An agent of the worker raised; the worker stops with this reason (see :class:`WorkerApp`)."""
 
 
 class WorkerApp(faust.App):
-    """faust's App, whose agents' crashes are counted (``igrec_agent_crashes_total``, an error log line each)
-    and which stops, exit status 1, when an agent crashes :attr:`WorkerConfig.crash_limit` times."""
+    """faust's App, stopping (exit status 1, a critical log line with the error) at an agent's first crash.
 
-    crash_watch: CrashWatch
+    faust would restart the agent and run on, but without what the crashed one held: its events stay
+    unanswered and uncommitted until the worker restarts, while the new agent answers the events after them.
+    That breaks the worker's idempotence, which relies on a user's events being applied in offset order (a
+    re-delivered event older than the last applied one is taken as a repeat, and its NEXT transitions as
+    counted), and an agent that fails on every message would leave a worker that answers but no longer does
+    that agent's work (once, a co-partitioning error made the NEXT counter do so). Stopping hands the
+    partitions to the group and the process to its supervisor; every message stays referenced until its
+    event is handled (:func:`hold_messages`), so a restart re-delivers what the crash left (nothing lost)."""
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         await super()._on_agent_error(agent, exc)
         name = agent.name.rsplit(".", 1)[-1]
-        metrics.AGENT_CRASHES.labels(agent=name).inc()
-        crashes = self.crash_watch.crashed(name, time.monotonic())
-        fields = {"agent": name, "error": repr(exc), "crashes_in_window": crashes,
-                  "window_s": self.crash_watch.window_s, "limit": self.crash_watch.limit}
-        log.error("agent %s crashed: %r", name, exc, extra={"fields": fields})
-        if self.crash_watch.too_many(crashes):
-            times = f"{crashes} time{'s' if crashes > 1 else ''} in {self.crash_watch.window_s:.0f} s"
-            log.critical("agent %s crashed %s: stopping the worker", name, times, extra={"fields": fields})
-            await self.crash(AgentCrashed(f"agent {name} crashed {times}; last error: {exc!r}"))
+        log.critical("agent %s crashed: stopping the worker (%r)", name, exc,
+                     extra={"fields": {"agent": name, "error": repr(exc)}})
+        await self.crash(AgentCrashed(f"agent {name} crashed: {exc!r}"))
 
 
 class StallWatch:

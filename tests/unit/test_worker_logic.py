@@ -18,7 +18,7 @@ from streams.records import Event
 from streams.scoring import SCORER_PROCESS, name_os_thread, prepare_thread, score_batch
 from streams.state import Step
 from streams.topics import default_partition
-from streams.worker import CrashWatch, StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class
+from streams.worker import StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class
 
 
 class FakeScorer:
@@ -139,16 +139,6 @@ def test_a_stall_is_lag_without_progress_for_the_whole_interval_and_is_reported_
     assert not watch.stalled({0: 6}, lag=0, now=200.0), "no lag, no stall"
     assert not watch.stalled({0: 6}, lag=3, now=229.0)
     assert watch.stalled({0: 6}, lag=3, now=230.0)
-
-
-def test_crashes_count_per_agent_within_a_sliding_window() -> None:
-    watch = CrashWatch(limit=3, window_s=60.0)
-    assert [watch.crashed("a", t) for t in (0.0, 10.0)] == [1, 2]
-    assert watch.crashed("b", 20.0) == 1, "each agent has its own count"
-    assert watch.crashed("a", 61.0) == 2, "the crash at 0 s left the window"
-    assert not watch.too_many(2)
-    assert watch.crashed("a", 62.0) == 3 and watch.too_many(3)
-    assert not CrashWatch(limit=0).too_many(1_000), "limit 0: never stop"
 
 
 @pytest.mark.parametrize("quiet", [False, True])
