@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consumes igrec.events (key = user id), keeps per-user sessions in a RocksDB-backed faust Table, "
         "scores micro-batches with an exported artefact (onnxruntime; CUDA if present, else CPU) and emits "
         "recommendations, enriched events and knowledge triples. Malformed events go to igrec.events.dlq. "
-        "Run several with the same --app-id to share the partitions.",
+        "Run several with the same --app-id to share the partitions. If one of its agents crashes, the worker "
+        "stops with exit status 1 and says why in its log (run it under a supervisor that restarts it): Kafka "
+        "then re-delivers whatever the crash left unanswered, and nothing is lost.",
     )
     worker.add_argument("--artefact", required=True, help="artefact folder written by `igrec export`")
     worker.add_argument("--app-id", default="igrec-worker", help="consumer group and state name")
