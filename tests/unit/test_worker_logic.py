@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 from streams import metrics
 from streams.records import Event
 from streams.scoring import SCORER_PROCESS, name_os_thread, prepare_thread, score_batch
+from streams.settings import ROOT
 from streams.state import Step
 from streams.topics import default_partition
 from streams.worker import StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class
@@ -139,6 +142,16 @@ def test_a_stall_is_lag_without_progress_for_the_whole_interval_and_is_reported_
     assert not watch.stalled({0: 6}, lag=0, now=200.0), "no lag, no stall"
     assert not watch.stalled({0: 6}, lag=3, now=229.0)
     assert watch.stalled({0: 6}, lag=3, now=230.0)
+
+
+def test_a_worker_that_does_not_stop_after_a_crash_exits_anyway() -> None:
+    """The watchdog armed at an agent's crash ends a process whose clean stop hangs, with status 1 and a log line."""
+    code = ("import logging, time; from streams.worker import exit_unless_stopped_within; "
+            "logging.basicConfig(); exit_unless_stopped_within(0.5); time.sleep(30)")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 1 and time.monotonic() - began < 20
+    assert "did not stop within 0.5 s of an agent's crash: exiting" in done.stderr
 
 
 @pytest.mark.parametrize("quiet", [False, True])
