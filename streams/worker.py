@@ -412,7 +412,7 @@ class WorkerApp(faust.App):
 
 def exit_unless_stopped_within(seconds: float) -> None:
     """Exit the process (status 1) in ``seconds`` if it is still running then. faust's clean stop after a crash
-    can wait for good (3 of about 15 runs of the scorer test hung); exiting without it is as safe as kill -9,
+    can wait for good (2 of 14 runs of the crash tests hung); exiting without it is as safe as kill -9,
     since nothing unhandled was committed."""
 
     def exit_now() -> None:
