@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -162,22 +163,23 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
     assert all(diff == 0 for diff in ab["B-A"].values()) and plot.stat().st_size > 10_000
 
 
-def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
-    """The worker is killed once it has committed some of its work and has more in flight: the restart must
-    neither lose the work in flight nor redo the committed work's state changes (NEXT counts)."""
-    sessions = diginetica_sessions(300, skip=500)
-    events = list(session_events(sessions, run="crash"))
-    expected = expected_recommendations(scorer, sessions, run="crash")
+def restart_answers_everything(iso: Settings, artefact: Path, scorer, tmp_path: Path, run: str, skip: int,
+                               disrupt: Callable[[WorkerProcess, list[dict]], None]) -> None:
+    """A worker gets the first third of 300 Diginetica sessions' events; ``disrupt(worker, middle)`` takes it down
+    and publishes the middle third; the rest follows and a new worker in the group starts with a fresh local
+    folder (it rebuilds every user's state from the changelog). Every event must then have the offline
+    Scorer's recommendation, every NEXT pair its count (none lost, none twice), and the group's commits must
+    reach the end of the events topic."""
+    sessions = diginetica_sessions(300, skip=skip)
+    events = list(session_events(sessions, run=run))
+    expected = expected_recommendations(scorer, sessions, run=run)
     app_id = f"{iso.topic_events}-w"
     third = len(events) // 3
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
     try:
         asyncio.run(publish(iso, iso.topic_events, events[:third]))
-        assert wait_until(lambda: group_offsets(iso, app_id)[0] > 0, timeout=120), "the worker never committed"
-        asyncio.run(publish(iso, iso.topic_events, events[third : 2 * third]))
-        worker.kill9()
+        disrupt(worker, events[third : 2 * third])
         asyncio.run(publish(iso, iso.topic_events, events[2 * third :]))
-        # a fresh local folder: the restarted worker must rebuild every user's state from the changelog
         worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
         got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[worker]))
         assert_next_counts(iso, sessions)
@@ -186,6 +188,18 @@ def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, 
         worker.stop()
     assert_same_recommendations(got, expected)
     assert_all_committed(behind)
+
+
+def test_kill_9_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
+    """The worker is killed once it has committed some of its work and has more in flight: the restart must
+    neither lose the work in flight nor redo the committed work's state changes (NEXT counts)."""
+
+    def kill_9(worker: WorkerProcess, middle: list[dict]) -> None:
+        assert wait_until(lambda: group_offsets(iso, worker.app_id)[0] > 0, timeout=120), "the worker never committed"
+        asyncio.run(publish(iso, iso.topic_events, middle))
+        worker.kill9()
+
+    restart_answers_everything(iso, artefact, scorer, tmp_path, "crash", 500, kill_9)
 
 
 def test_a_second_worker_joining_mid_stream_loses_nothing(iso: Settings, artefact: Path, scorer, tmp_path) -> None:
@@ -321,29 +335,16 @@ def test_the_scorer_killed_mid_stream_stops_the_worker_and_a_restart_answers_eve
     the worker stops (exit status 1). faust acknowledges what a crashed agent held, and its stream goes on
     taking events and acknowledging them until the worker has stopped (events published after the kill were
     once committed unanswered); a restart must answer every event and commit to the end."""
-    sessions = diginetica_sessions(300, skip=1500)
-    events = list(session_events(sessions, run="scorer"))
-    expected = expected_recommendations(scorer, sessions, run="scorer")
-    app_id = f"{iso.topic_events}-w"
-    third = len(events) // 3
-    worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
-    try:
-        asyncio.run(publish(iso, iso.topic_events, events[:third]))
-        asyncio.run(collect(iso, iso.topic_recommendations, third // 2, timeout=240, watch=[worker]))
+
+    def kill_the_scorer(worker: WorkerProcess, middle: list[dict]) -> None:
+        asyncio.run(collect(iso, iso.topic_recommendations, len(middle) // 2, timeout=240, watch=[worker]))
         os.kill(scorer_child(worker), signal.SIGKILL)
-        asyncio.run(publish(iso, iso.topic_events, events[third : 2 * third]))
+        asyncio.run(publish(iso, iso.topic_events, middle))
         assert wait_until(lambda: not worker.alive(), timeout=60), worker.log_tail()
         assert worker.process.returncode == 1, worker.log_tail()
         assert "agent process crashed: stopping the worker" in worker.log_tail(1_000_000), worker.log_tail()
-        asyncio.run(publish(iso, iso.topic_events, events[2 * third :]))
-        worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1-restarted").start()
-        got = asyncio.run(collect(iso, iso.topic_recommendations, len(expected), timeout=420, watch=[worker]))
-        assert_next_counts(iso, sessions)
-        behind = uncommitted(iso, app_id, timeout=30)
-    finally:
-        worker.stop()
-    assert_same_recommendations(got, expected)
-    assert_all_committed(behind)
+
+    restart_answers_everything(iso, artefact, scorer, tmp_path, "scorer", 1500, kill_the_scorer)
 
 
 def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
