@@ -402,11 +402,11 @@ class WorkerApp(faust.App):
     event is handled (:func:`hold_messages`), so a restart re-delivers what the crash left (nothing lost)."""
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        await super()._on_agent_error(agent, exc)
         name = agent.name.rsplit(".", 1)[-1]
         log.critical("agent %s crashed: stopping the worker (%r)", name, exc,
                      extra={"fields": {"agent": name, "error": repr(exc)}})
-        exit_unless_stopped_within(STOP_AFTER_CRASH_S)
+        exit_unless_stopped_within(STOP_AFTER_CRASH_S)  # armed first: faust's handler commits, which can wait
+        await super()._on_agent_error(agent, exc)
         await self.crash(AgentCrashed(f"agent {name} crashed: {exc!r}"))
 
 
