@@ -210,7 +210,7 @@ def run_demo(
         if not _check_facts(settings, processes, f"{run}-", expected, next_before):
             print(f"see {work}/worker.log and {work}/sink.log")
             return 1
-        return _show_graph(settings, work, processes, began)
+        return _show_graph(settings, work, began)
     finally:
         for process in processes:
             process.terminate()
@@ -231,11 +231,10 @@ def _load_knowledge(settings: Settings, kg_txt: Path) -> None:
     asyncio.run(publish_payloads(settings, settings.topic_triples, payloads, desc="publish item knowledge"))
 
 
-def _show_graph(settings: Settings, work: Path, processes: list[subprocess.Popen], began: float) -> int:
+def _show_graph(settings: Settings, work: Path, began: float) -> int:
     from streams.kg import draw, neighbourhood
     from streams.neo4j_sink import connect, counts
 
-    asyncio.run(_drain_sink(settings, processes))
     with connect(settings) as driver:
         totals = counts(driver, settings.neo4j_database)
         records, _, _ = driver.execute_query(

@@ -154,10 +154,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return False
 
 
-def group_offsets(settings: Settings, group: str) -> tuple[int, int]:
-    """The events topic's committed offsets of ``group`` and its end offsets, each summed over partitions."""
+def partition_offsets(settings: Settings, group: str) -> dict[int, tuple[int, int]]:
+    """Per partition of the events topic: the committed offset of ``group`` (0 where it has none) and the end
+    offset."""
 
-    async def read() -> tuple[int, int]:
+    async def read() -> dict[int, tuple[int, int]]:
         admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
         consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
         await admin.start()
@@ -166,12 +167,18 @@ def group_offsets(settings: Settings, group: str) -> tuple[int, int]:
             committed = await admin.list_consumer_group_offsets(group)
             tps = [TopicPartition(settings.topic_events, p) for p in range(settings.topic_partitions)]
             ends = await consumer.end_offsets(tps)
-            return sum(committed[tp].offset for tp in tps if tp in committed), sum(ends.values())
+            return {tp.partition: (committed[tp].offset if tp in committed else 0, ends[tp]) for tp in tps}
         finally:
             await consumer.stop()
             await admin.close()
 
     return asyncio.run(read())
+
+
+def group_offsets(settings: Settings, group: str) -> tuple[int, int]:
+    """The events topic's committed offsets of ``group`` and its end offsets, each summed over partitions."""
+    offsets = partition_offsets(settings, group).values()
+    return sum(committed for committed, _ in offsets), sum(end for _, end in offsets)
 
 
 def uncommitted(settings: Settings, group: str, timeout: float) -> int:

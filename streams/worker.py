@@ -323,8 +323,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         (hence their transitions) arrive in offset order, so a re-delivered transition is recognised."""
         out = await open_outbox()
         next_counts.write_through(out)
+        hold_messages(stream)
         async for faust_event in stream.events():
-            faust_event.message.incref()  # released once handled: faust's own reference is released on a crash too
             for transition in transition_bundle(faust_event.value):
                 key = transition_key(transition["head"], transition["tail"])
                 state = next_counts.get(key) or {"count": 0, "hw": {}}
@@ -369,12 +369,14 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
 def hold_messages(stream: faust.StreamT) -> None:
     """Give each message one more reference as ``stream`` takes it, for the agent to release when its event is
-    handled (``message.ack``). Added before ``take_events`` adds its own processor, so it runs first.
+    handled (``message.ack``). Added before the agent iterates (``take_events`` adds its own processor then,
+    after this one).
 
-    faust acknowledges what a ``take_events`` agent held when the agent crashes, and the stream's background
-    task, which fills the batches, goes on taking events and acknowledging them (with nobody to handle them)
-    until the worker stops: a commit then skipped them. With the reference held, their offsets stay
-    uncommitted and a restart re-delivers them (``docs/upstream.md``, 7)."""
+    faust acknowledges the event a crashed agent was on (for ``take_events``, every event of its batch), and a
+    ``take_events`` stream's background task, which fills the batches, goes on taking events and
+    acknowledging them (with nobody to handle them) until the worker stops: a commit then skipped them. With
+    the reference held, their offsets stay uncommitted and a restart re-delivers them (``docs/upstream.md``,
+    7)."""
 
     def hold(value: Any) -> Any:
         event = stream.current_event

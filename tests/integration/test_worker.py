@@ -25,6 +25,7 @@ from streams.harness import (
     isolated_settings,
     mismatched,
     next_counts,
+    partition_offsets,
     uncommitted,
     wait_until,
 )
@@ -347,41 +348,6 @@ def test_the_scorer_killed_mid_stream_stops_the_worker_and_a_restart_answers_eve
     restart_answers_everything(iso, artefact, scorer, tmp_path, "scorer", 1500, kill_the_scorer)
 
 
-def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
-    """The group's committed offset per partition of the events topic (partitions without one left out)."""
-    from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def read() -> dict[int, int]:
-        admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group)
-        finally:
-            await admin.close()
-        return {tp.partition: meta.offset for tp, meta in offsets.items()
-                if isinstance(tp, TopicPartition) and tp.topic == settings.topic_events and meta.offset >= 0}
-
-    return asyncio.run(read())
-
-
-def end_offsets(settings: Settings) -> dict[int, int]:
-    """The end offset of each partition of the events topic."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def read() -> dict[int, int]:
-        consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
-        await consumer.start()
-        try:
-            ends = await consumer.end_offsets([TopicPartition(settings.topic_events, p)
-                                               for p in range(settings.topic_partitions)])
-        finally:
-            await consumer.stop()
-        return {tp.partition: offset for tp, offset in ends.items()}
-
-    return asyncio.run(read())
-
-
 def test_a_crash_mid_batch_commits_no_event_it_did_not_handle(iso: Settings, artefact: Path, tmp_path) -> None:
     """One user's stored state is not a state (as an incompatible version could leave it), so the agent crashes
     on that user's first event and the worker stops. faust acknowledges a crashed batch's events itself; the
@@ -397,7 +363,7 @@ def test_a_crash_mid_batch_commits_no_event_it_did_not_handle(iso: Settings, art
     try:
         asyncio.run(publish(iso, iso.topic_events, good))
         answered = set(asyncio.run(collect(iso, iso.topic_recommendations, len(good), timeout=240, watch=[worker])))
-        handled = end_offsets(iso)
+        handled = {p: end for p, (_, end) in partition_offsets(iso, app_id).items()}
         asyncio.run(publish(iso, iso.topic_events, bad))
         assert wait_until(lambda: not worker.alive(), timeout=60), worker.log_tail()
     finally:
@@ -405,7 +371,8 @@ def test_a_crash_mid_batch_commits_no_event_it_did_not_handle(iso: Settings, art
     assert worker.process.returncode == 1
     assert "agent process crashed: stopping the worker" in worker.log_tail(1_000_000)
     assert answered == {e["event_id"] for e in good}
-    committed = committed_offsets(iso, app_id)
-    assert all(committed.get(p, 0) <= end for p, end in handled.items()), (
+    offsets = partition_offsets(iso, app_id)
+    committed = {p: done for p, (done, _) in offsets.items()}
+    assert all(committed[p] <= end for p, end in handled.items()), (
         f"the bad user's events were committed unhandled: committed {committed}, handled up to {handled}")
-    assert sum(end_offsets(iso).values()) == sum(handled.values()) + len(bad)
+    assert sum(end for _, end in offsets.values()) == sum(handled.values()) + len(bad)
