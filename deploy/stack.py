@@ -430,15 +430,24 @@ def kill(settings: Settings, name: str, log: Callable[[str], None] = print) -> N
 
 def reset(settings: Settings, log: Callable[[str], None] = print, only: str | None = None) -> None:
     """Delete the stored data of the stopped services (or just ``only``): Kafka's topics and offsets, Neo4j's
-    graph. Refused while a service runs. Each starts empty next time; Neo4j keeps its password file."""
+    graph. Refused while a service runs. Each starts empty next time; Neo4j keeps its password file.
+
+    With Kafka's data go the workers' local state stores in their default place (``<state_dir>/worker``): a
+    store remembers changelog offsets and per-user event offsets of the deleted topics, so a worker would
+    refuse to start on it (faust's ``ConsistencyError``) or take the new topics' first events for repeats.
+    A worker given its own ``--data-dir`` needs that folder deleted by hand."""
     chosen = [service for service in services(settings) if only in (None, service.name)]
     with _stack_lock(settings):
         running = [service.name for service in chosen if read_pid(service) is not None]
         if running:
             raise StackError(f"{' and '.join(running)} running; stop the stack (`igrec stack down`) before a reset")
         for service in chosen:
-            shutil.rmtree(service.home / "data", ignore_errors=True)
-            log(f"{service.name}: data deleted ({service.home / 'data'})")
+            folders = [service.home / "data"]
+            if service.name == "kafka":
+                folders.append(settings.state_dir / "worker")
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+                log(f"{service.name}: data deleted ({folder})")
 
 
 def _stop(service: Service, timeout: float, log: Callable[[str], None]) -> None:

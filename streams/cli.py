@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the state folder (IGREC_STATE_DIR), wait until healthy, report, stop.",
     )
     stack.add_argument("action", choices=["up", "down", "status", "fetch", "reset"],
-                       help="what to do (reset: delete the stopped stack's Kafka topics and Neo4j graph)")
+                       help="what to do (reset: delete the stopped stack's Kafka topics, Neo4j graph and the "
+                            "workers' local state in <state_dir>/worker)")
     stack.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for health (up) or stop")
     stack.set_defaults(func=_stack)
 
