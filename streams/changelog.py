@@ -9,8 +9,8 @@ agent's Outbox, which encodes them with the agent's other outputs and queues the
 partition; a batch's delivery records its last offset as the store's persisted offset, as faust's callback
 does per message.
 
-Delivery before commit holds as with faust's path: the agent awaits :meth:`Outbox.send` before it takes its
-next events, and faust acknowledges an event only after that (and flushes the producer before it commits).
+Delivery before commit holds as with faust's path: the worker releases an event for its commit only once
+the delivery that :meth:`Outbox.send` returns, which holds its changelog messages, has succeeded.
 A Table used outside an agent with an Outbox (nothing in the worker) falls back to faust's own path.
 """
 

@@ -6,9 +6,10 @@ event loop's time went there (py-spy, docs/results.md). An :class:`Outbox` appen
 aiokafka ``BatchBuilder`` (a C encoder) per topic-partition, and :meth:`Outbox.send` queues every builder
 with one ``send_batch``.
 
-The builders go into the accumulator of faust's own producer, and faust flushes that producer before it
-commits offsets, so outputs sent through an Outbox are delivered before the events that caused them are
-committed, exactly as with ``producer.send``: the worker's at-least-once contract does not change.
+The builders go into the accumulator of faust's own producer. :meth:`Outbox.send` returns the delivery of what
+it sent: the worker acknowledges an event only once the delivery of its outputs succeeded, so an event whose
+outputs Kafka refused (or that expired unsent) is never committed. faust's flush of the producer before a
+commit alone would not do that: aiokafka's flush returns when batches are done, failed or not.
 """
 
 from __future__ import annotations
@@ -78,13 +79,18 @@ class Outbox:
             partition = self._partition_of[(key, partitions)] = default_partition(key, partitions)
         return partition
 
-    async def send(self) -> None:
+    async def send(self) -> asyncio.Future:
         """Queue every filled builder in the producer (in order per partition) and start empty.
+
+        Returns the delivery: a future that resolves (to a list) once Kafka has acknowledged every batch
+        queued here, or fails with the first batch's error (a refused batch, or one that expired unsent after
+        the producer's request timeout).
 
         Each builder is closed first: aiokafka sends a closed batch at the sender's next turn, an open one
         only after the producer's linger (5 ms in the worker), which every output would wait for, and the
         next ``send_batch`` to the same partition waits until the batch before it has left."""
         builders, self._builders = self._builders, {}
+        futures = []
         for (topic, partition), batches in builders.items():
             delivered = self._delivered.get(topic)
             for batch in batches:
@@ -92,6 +98,8 @@ class Outbox:
                 future = await self._producer.send_batch(batch, topic, partition=partition)
                 if delivered is not None:
                     future.add_done_callback(partial(_report, delivered, partition, batch.record_count()))
+                futures.append(future)
+        return asyncio.gather(*futures)
 
 
 def _report(callback: Callable[[int, int], None], partition: int, count: int, future: asyncio.Future) -> None:

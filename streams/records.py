@@ -73,7 +73,9 @@ class EnrichedEvent(_Record):
 
 
 class DeadLetter(_Record):
-    """``igrec.events.dlq``: an input that was refused, with the reason and where it came from."""
+    """``igrec.events.dlq``: an input that was refused, with the reason and where it came from; or a user's
+    stored state that the worker could not read (reason ``user state unreadable: ...``, ``value`` the state,
+    the source that user's event which met it, and was then applied to a fresh state)."""
 
     schema_version: int
     reason: str

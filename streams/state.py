@@ -9,12 +9,18 @@ model does not know stay in the session. Applying an event is idempotent: a user
 one partition in order, so an event at or below the last applied offset is a re-delivery (after a crash,
 before the consumer committed). It does not change the state; its step is rebuilt from the stored offsets,
 so the recommendation re-emitted for it is computed on exactly the prefix the first delivery saw.
+
+The worker stores a state as JSON bytes and reads it back through :func:`read_state`, which checks its shape:
+a state that cannot be read (damaged, or written by an incompatible version) raises :class:`UnreadableState`
+instead of failing somewhere inside the worker on every delivery of that user's events.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from streams.records import Event
 
@@ -52,6 +58,10 @@ class OversizedSession(ValueError):
     """The session already has ``max_session_events`` events (a bot or a stuck producer)."""
 
 
+class UnreadableState(ValueError):
+    """A stored user state is not JSON or not a state of this layout; ``str(error)`` says what is wrong."""
+
+
 def empty_state() -> dict[str, Any]:
     return {
         "session_id": None,
@@ -66,6 +76,79 @@ def empty_state() -> dict[str, Any]:
         "history_lengths": [],
         "offsets": {},
     }
+
+
+def read_state(raw: bytes | None) -> dict[str, Any] | None:
+    """The state stored as ``raw`` (None: the user has none yet), checked to be one :func:`apply_event` and the
+    worker can use: every field present with its type, parallel lists of equal lengths, items as strings and
+    offsets and lengths as numbers. Raises :class:`UnreadableState` with the first problem found."""
+    if raw is None:
+        return None
+    try:
+        state = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise UnreadableState(f"not JSON: {error}") from None
+    problem = _problem(state)
+    if problem is not None:
+        raise UnreadableState(problem)
+    return state
+
+
+def _problem(state: Any) -> str | None:
+    """What makes ``state`` unusable, or None."""
+    if not isinstance(state, dict):
+        return f"expected an object, got {type(state).__name__}"
+    missing = _FIELDS - state.keys()
+    if missing:
+        return f"missing {', '.join(sorted(missing))}"
+    if not all(type(state[name]) is list for name in _LISTS) or type(state["offsets"]) is not dict:
+        return f"{', '.join(_LISTS)} must be lists and offsets an object"
+    if type(state["session_no"]) is not int or type(state["length"]) is not int:
+        return "session_no and length must be integers"
+    if not (state["session_id"] is None or type(state["session_id"]) is str):
+        return "session_id must be a string or null"
+    if not (state["last_ts"] is None or type(state["last_ts"]) in (int, float)):
+        return "last_ts must be a number or null"
+    if not _numbers(state["offsets"].values()):
+        return "offsets must map partitions to numbers"
+    if not (_strings(state["current"]) and _numbers(state["current_offsets"])) or len(state["current"]) != len(
+        state["current_offsets"]
+    ):
+        return "current and current_offsets must be as many strings as numbers"
+    history, history_offsets = state["history"], state["history_offsets"]
+    if not len(history) == len(history_offsets) == len(state["history_ids"]) == len(state["history_lengths"]):
+        return "history, history_offsets, history_ids and history_lengths must be equally long"
+    for session, offsets in zip(history, history_offsets, strict=True):
+        if type(session) is not list or type(offsets) is not list or len(session) != len(offsets):
+            return "each history session must be a list of clicks with a list of as many offsets"
+        if not (_strings(session) and _numbers(offsets)):
+            return "history clicks must be strings and their offsets numbers"
+    if not (_strings(state["history_ids"]) and _numbers(state["history_lengths"])):
+        return "history_ids must be strings and history_lengths numbers"
+    return None
+
+
+def _strings(values: Any) -> bool:
+    """Whether every value is a string. ``str.join`` takes only strings and checks them in C, several times
+    faster than a Python loop: a full state has about 450 clicks, and every event reads its user's state."""
+    try:
+        "".join(values)
+    except TypeError:
+        return False
+    return True
+
+
+def _numbers(values: Any) -> bool:
+    """Whether every value is a number (``sum`` checks them in C, as :func:`_strings` does strings)."""
+    try:
+        sum(values)
+    except TypeError:
+        return False
+    return True
+
+
+_FIELDS = frozenset(empty_state())
+_LISTS = ("current", "current_offsets", "history", "history_offsets", "history_ids", "history_lengths")
 
 
 def apply_event(

@@ -14,10 +14,10 @@ Recommendation and an EnrichedEvent per event and the knowledge triples the even
 record batches (``streams.outbox``) rather than one producer call at a time. So the event loop admits batch
 n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
 
-Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after its
-outputs (or its dead letter) are queued in faust's producer, also when an agent crashes (which stops the
-worker, :class:`WorkerApp`), and faust flushes that producer (outputs and changelog; all of the changelog
-since ``streams.faust_fixes``) before it commits offsets, so a crash can only re-deliver. A
+Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after Kafka has
+acknowledged everything the event wrote (its state's changelog, transitions and outputs, or its dead
+letter), also when an agent crashes, and a failed delivery stops the worker (:class:`WorkerApp`), so a crash
+can only re-deliver. A
 re-delivered event does not change the state (``streams.state`` keeps the last applied offset per user) and
 its recommendation is recomputed on the same prefix and re-emitted under the same ``event_id``; triples are
 absolute values. Exactly-once (Kafka transactions) was not chosen: it would make every output wait for a
@@ -52,7 +52,7 @@ from streams.outbox import Outbox, kafka_producer
 from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
 from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stopped
 from streams.settings import Settings
-from streams.state import OversizedSession, SessionPolicy, Step, apply_event
+from streams.state import OversizedSession, SessionPolicy, Step, UnreadableState, apply_event, read_state
 from streams.topics import default_partition, ensure_topics
 from streams.triples import edge
 from streams.validate import MAX_MESSAGE_BYTES, EventError, parse_event
@@ -115,6 +115,8 @@ class Scored:
     received: float
     kafka_ts: float
     message: Any
+    written: asyncio.Future | None = None
+    """The delivery of what admitting the event wrote: its state's changelog and its NEXT transitions."""
 
 
 def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
@@ -141,7 +143,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     )
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    users = cast(OutboxTable, app.Table("users", partitions=partitions, key_type=bytes))
+    users = cast(OutboxTable, app.Table("users", partitions=partitions, key_type=bytes, value_type=bytes))
     transitions = app.topic(
         f"{config.app_id}-transitions",
         key_serializer="raw",
@@ -156,7 +158,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                            nice=config.scorer_nice)
     interest_items_sent: set[str] = set()
 
-    def dead_letter(out: Outbox, message: Any, reason: str) -> None:
+    def dead_letter(out: Outbox, message: Any, reason: str, value: bytes | None = None) -> None:
+        """A DLQ record for ``message``, with ``value`` in place of the message's own when given."""
         metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
         record = DeadLetter(
             schema_version=SCHEMA_VERSION,
@@ -165,21 +168,36 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             source_partition=message.partition,
             source_offset=message.offset,
             key=_dlq_text(message.key),
-            value=_dlq_text(message.value),
+            value=_dlq_text(message.value if value is None else value),
             received_at=time.time(),
         )
         partition = None if message.key else message.partition % out.partition_count(settings.topic_dlq)
         out.add(settings.topic_dlq, message.key, orjson.dumps(record.asdict()), partition)
 
-    def admit(message: Any, now: float) -> Scored:
+    def admit(out: Outbox, message: Any, now: float) -> Scored:
         """Validate ``message`` and apply it to its user's state; raises EventError / OversizedSession."""
         event = parse_event(message.value, message.key, now)
-        key = message.key
-        state, step = apply_event(users.get(key), event, message.partition, message.offset, config.policy)
+        state = user_state(out, message)
+        state, step = apply_event(state, event, message.partition, message.offset, config.policy)
         if step.applied:
-            users[key] = state
+            users[message.key] = orjson.dumps(state)
         kafka_ts = message.timestamp or now  # faust gives Kafka timestamps in seconds
         return Scored(event, step, now, kafka_ts, message)
+
+    def user_state(out: Outbox, message: Any) -> dict[str, Any] | None:
+        """The stored state of ``message``'s user (None: a new user). A state that cannot be read (damaged, or
+        written by an incompatible version) goes to the DLQ with the event that met it, and the user starts
+        afresh: failing on it would stop the worker at every restart, since the state stays in the changelog.
+        """
+        raw = users.get(message.key)
+        try:
+            return read_state(raw)
+        except UnreadableState as error:
+            dead_letter(out, message, f"user state unreadable: {error}; the user starts afresh", value=raw)
+            log.error("user state unreadable: the user starts afresh", extra={"fields": {
+                "user": _dlq_text(message.key), "partition": message.partition, "offset": message.offset,
+                "error": str(error)}})
+            return None
 
     async def open_outbox() -> Outbox:
         """An :class:`streams.outbox.Outbox` on faust's producer for every topic the agents write to."""
@@ -244,10 +262,10 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     async def process(stream: faust.StreamT) -> None:
         """Admit each micro-batch, queue it for scoring and take the next one at once: the scoring stage and
         the emitter work on earlier batches meanwhile. Every message gets one more reference as the stream
-        takes it (:func:`hold_messages`), released once its event is handled: by the emitter after its outputs
-        are queued in the producer, or here after its dead letter is. faust commits an offset only when every
-        reference is released (and all earlier offsets), and flushes the producer before it commits, so no
-        event is committed before its outputs are in Kafka, crash or not."""
+        takes it (:func:`hold_messages`), released once Kafka has acknowledged what the event wrote: the
+        batch's changelog, transitions and dead letters sent here, and the outputs that the emitter sends.
+        faust commits an offset only when every reference is released (and all earlier offsets), so no event
+        is committed before its outputs are in Kafka, crash or not."""
         out = await open_outbox()
         users.write_through(out)
         stage: ScoringThread[Scored, Scoring] = ScoringThread(
@@ -268,15 +286,16 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                     message = faust_event.message
                     processed[message.partition] = message.offset
                     try:
-                        admitted.append(admit(message, now))
+                        admitted.append(admit(out, message, now))
                     except (EventError, OversizedSession) as error:
                         dead_letter(out, message, str(error))
                         refused.append(message)
                 metrics.EVENTS.labels(outcome="dead_lettered").inc(len(refused))
                 add_transitions(out, admitted)
-                await out.send()
-                for message in refused:
-                    message.ack(app.consumer)
+                written = await out.send()
+                release_when_delivered([written], refused)
+                for item in admitted:
+                    item.written = written
                 if admitted:
                     await unless_stopped(stage.put(admitted), emitter)
         finally:
@@ -291,9 +310,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             score_ms = 1000.0 * (time.perf_counter() - chunk.began)
             for item, scoring in zip(chunk.items, chunk.results, strict=True):
                 emit(out, item, scoring, score_ms)
-            await out.send()
-            for item in chunk.items:
-                item.message.ack(app.consumer)
+            written = {id(item.written): item.written for item in chunk.items if item.written is not None}
+            release_when_delivered([await out.send(), *written.values()], [item.message for item in chunk.items])
             stage.done_with(chunk)
             metrics.BATCH.observe(len(chunk.items))
             metrics.SCORE_SECONDS.observe(time.perf_counter() - chunk.began)
@@ -334,8 +352,24 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                     next_counts[key] = state
                 fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
                 out.add(settings.topic_triples, key, fact.to_json())
-            await out.send()
-            faust_event.message.ack(app.consumer)
+            release_when_delivered([await out.send()], [faust_event.message])
+
+    def release_when_delivered(deliveries: list[asyncio.Future], messages: list[Any]) -> None:
+        """Release ``messages`` (their events are handled) once all of ``deliveries`` (:meth:`Outbox.send`)
+        have succeeded. A failed delivery stops the worker instead, with the messages still held: their
+        offsets stay uncommitted, and a restart re-delivers their events."""
+
+        def released(delivery: asyncio.Future) -> None:
+            if delivery.cancelled():
+                return
+            error = delivery.exception()
+            if error is not None:
+                app.stop_for(f"a delivery to Kafka failed ({error!r})")
+                return
+            for message in messages:
+                message.ack(app.consumer)
+
+        asyncio.gather(*deliveries).add_done_callback(released)
 
     processed: dict[int, int] = {}
     pipeline: dict[str, Any] = {}
@@ -387,29 +421,48 @@ def hold_messages(stream: faust.StreamT) -> None:
     stream.add_processor(hold)
 
 
-class AgentCrashed(RuntimeError):
-    """An agent of the worker raised; the worker stops with this reason (see :class:`WorkerApp`)."""
+class WorkerFailed(RuntimeError):
+    """The worker cannot go on without losing events and stops with this reason (see :class:`WorkerApp`)."""
 
 
 class WorkerApp(faust.App):
-    """faust's App, stopping (exit status 1, a critical log line with the error) at an agent's first crash.
+    """faust's App, stopping (exit status 1, a critical log line with the reason) at an agent's first crash or
+    a failed delivery of the worker's outputs to Kafka.
 
-    faust would restart the agent and run on, but without what the crashed one held: its events stay
+    faust would restart a crashed agent and run on, but without what the crashed one held: its events stay
     unanswered and uncommitted until the worker restarts, while the new agent answers the events after them.
     That breaks the worker's idempotence, which relies on a user's events being applied in offset order (a
     re-delivered event older than the last applied one is taken as a repeat, and its NEXT transitions as
     counted), and an agent that fails on every message would leave a worker that answers but no longer does
-    that agent's work (once, a co-partitioning error made the NEXT counter do so). Stopping hands the
-    partitions to the group and the process to its supervisor; every message stays referenced until its
-    event is handled (:func:`hold_messages`), so a restart re-delivers what the crash left (nothing lost)."""
+    that agent's work (once, a co-partitioning error made the NEXT counter do so). A delivery that failed
+    (Kafka refused a batch, or it expired unsent after the producer's 20-minute request timeout) leaves its
+    events unanswered in the same way. Stopping hands the partitions to the group and the process to its
+    supervisor; every message stays referenced until its event is handled (:func:`hold_messages`), so a
+    restart re-delivers what the failure left (nothing lost)."""
+
+    failure: str | None = None
+    _stopping: asyncio.Future | None = None
+
+    def stop_for(self, reason: str) -> None:
+        """Stop the worker because of ``reason`` (a callback's way: it cannot await the stop)."""
+        if self._fail(reason):
+            self._stopping = asyncio.ensure_future(self.crash(WorkerFailed(reason)))
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        name = agent.name.rsplit(".", 1)[-1]
-        log.critical("agent %s crashed: stopping the worker (%r)", name, exc,
-                     extra={"fields": {"agent": name, "error": repr(exc)}})
-        exit_unless_stopped_within(STOP_AFTER_CRASH_S)  # armed first: faust's handler commits, which can wait
+        reason = f"agent {agent.name.rsplit('.', 1)[-1]} crashed ({exc!r})"
+        self._fail(reason)
         await super()._on_agent_error(agent, exc)
-        await self.crash(AgentCrashed(f"agent {name} crashed: {exc!r}"))
+        await self.crash(WorkerFailed(reason))
+
+    def _fail(self, reason: str) -> bool:
+        """Log ``reason`` and arm the exit watchdog (first, as faust's crash handling commits, which can wait),
+        the first time only; whether this was the first."""
+        if self.failure is not None:
+            return False
+        self.failure = reason
+        log.critical("%s: stopping the worker", reason, extra={"fields": {"reason": reason}})
+        exit_unless_stopped_within(STOP_AFTER_CRASH_S)
+        return True
 
 
 def exit_unless_stopped_within(seconds: float) -> None:
@@ -418,7 +471,7 @@ def exit_unless_stopped_within(seconds: float) -> None:
     since nothing unhandled was committed."""
 
     def exit_now() -> None:
-        log.critical("the worker did not stop within %g s of an agent's crash: exiting", seconds)
+        log.critical("the worker did not stop within %g s of its failure: exiting", seconds)
         logging.shutdown()
         os._exit(1)
 

@@ -34,15 +34,26 @@ class FakeBatch:
 
 
 class FakeProducer:
-    def __init__(self, size: int = 3):
-        self.size, self.sent = size, []
+    """Takes closed batches and acknowledges each at once, at the next offset of its partition, or fails it
+    when told to."""
+
+    def __init__(self, size: int = 3, fail: bool = False):
+        self.size, self.sent, self.fail, self.next_offset = size, [], fail, {}
 
     def create_batch(self) -> FakeBatch:
         return FakeBatch(self.size)
 
-    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> None:
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future:
         assert batch.closed, "an open batch would wait for the producer's linger"
         self.sent.append((topic, partition, batch.messages))
+        future = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(RuntimeError("broker refused the batch"))
+            return future
+        base = self.next_offset.get((topic, partition), 0)
+        self.next_offset[(topic, partition)] = base + len(batch.messages)
+        future.set_result(type("RecordMetadata", (), {"offset": base})())
+        return future
 
 
 def test_messages_keep_their_order_per_partition_across_full_batches() -> None:
@@ -81,29 +92,10 @@ def test_a_message_larger_than_a_batch_goes_alone_and_keeps_its_place() -> None:
                              ("dlq", 0, [(b"k", b"c")])]
 
 
-class AckingProducer(FakeProducer):
-    """Acknowledges each batch at once, at the next offset of its partition, or fails it when told to."""
-
-    def __init__(self, size: int = 3, fail: bool = False):
-        super().__init__(size)
-        self.fail, self.next_offset = fail, {}
-
-    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> asyncio.Future:
-        await super().send_batch(batch, topic, partition=partition)
-        future = asyncio.get_running_loop().create_future()
-        if self.fail:
-            future.set_exception(RuntimeError("broker refused the batch"))
-            return future
-        base = self.next_offset.get((topic, partition), 0)
-        self.next_offset[(topic, partition)] = base + len(batch.messages)
-        future.set_result(type("RecordMetadata", (), {"offset": base})())
-        return future
-
-
 @pytest.mark.parametrize("fail", [False, True])
 def test_delivered_batches_report_their_last_offset_and_failed_ones_nothing(fail: bool) -> None:
     async def run() -> list[tuple[int, int]]:
-        producer = AckingProducer(size=3, fail=fail)
+        producer = FakeProducer(size=3, fail=fail)
         out = Outbox(producer, {"log": 2, "recs": 2})
         reported: list[tuple[int, int]] = []
         out.on_delivered("log", lambda partition, offset: reported.append((partition, offset)))
@@ -116,3 +108,20 @@ def test_delivered_batches_report_their_last_offset_and_failed_ones_nothing(fail
 
     reported = asyncio.run(run())
     assert reported == ([] if fail else [(0, 2), (0, 3), (1, 2)])
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_send_returns_its_delivery_which_fails_if_a_batch_failed(fail: bool) -> None:
+    async def run() -> None:
+        out = Outbox(FakeProducer(size=1, fail=fail), {"recs": 2})
+        for i in range(4):
+            out.add("recs", b"k%d" % i, b"%d" % i)
+        delivery = await out.send()
+        if fail:
+            with pytest.raises(RuntimeError, match="refused"):
+                await delivery
+        else:
+            assert len(await delivery) == 4, "one acknowledgement per batch"
+        assert await (await out.send()) == [], "an empty send is delivered at once"
+
+    asyncio.run(run())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from streams.records import Event
-from streams.state import OversizedSession, SessionPolicy, apply_event
+from streams.state import OversizedSession, SessionPolicy, UnreadableState, apply_event, read_state
 
 POLICY = SessionPolicy(gap_s=100.0, max_current=3, max_sessions=2, max_history_len=2, max_session_events=5)
 
@@ -83,3 +84,35 @@ def test_redelivery_of_a_click_that_left_the_bounded_state_is_reported() -> None
     state, _ = run(events)
     _, step = apply_event(state, events[0], 0, 0, POLICY)
     assert not step.applied and not step.found and step.current == []
+
+
+def test_a_stored_state_reads_back_as_it_was_written() -> None:
+    state, _ = run([ev("a", 0), ev("b", 50), ev("c", 200), ev("d", 250), ev("e", 260)])
+    assert read_state(orjson.dumps(state)) == state
+    assert read_state(None) is None, "no state yet: a new user"
+
+
+def _stored(**changes) -> bytes:
+    state, _ = run([ev("a", 0), ev("b", 50), ev("c", 200)])
+    return orjson.dumps({**state, **changes})
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    (b"\x00\x01garbage", "not JSON"),
+    (orjson.dumps("not a state"), "expected an object, got str"),
+    (orjson.dumps({"current": []}), "missing current_offsets"),
+    (_stored(history={}), "must be lists"),
+    (_stored(length="3"), "must be integers"),
+    (_stored(session_id=7), "session_id"),
+    (_stored(last_ts="yesterday"), "last_ts"),
+    (_stored(offsets={"0": "12"}), "offsets must map"),
+    (_stored(current=["c", ["nested"]], current_offsets=[2, 3]), "current and current_offsets"),
+    (_stored(current=["c", "d"], current_offsets=[2]), "current and current_offsets"),
+    (_stored(history_ids=[]), "equally long"),
+    (_stored(history=[["a", "b", "x"]]), "each history session"),
+    (_stored(history=[["a", None]]), "history clicks"),
+    (_stored(history_lengths=["2"]), "history_ids must be strings"),
+])
+def test_a_state_that_is_not_one_is_refused_with_its_problem(raw: bytes, problem: str) -> None:
+    with pytest.raises(UnreadableState, match=problem):
+        read_state(raw)
