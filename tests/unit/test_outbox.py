@@ -125,3 +125,29 @@ def test_a_send_returns_its_delivery_which_fails_if_a_batch_failed(fail: bool) -
         assert await (await out.send()) == [], "an empty send is delivered at once"
 
     asyncio.run(run())
+
+
+def test_aiokafkas_flush_returns_normally_when_a_batch_failed() -> None:
+    """Why :meth:`Outbox.send` returns the delivery: faust flushes the producer before it commits, but aiokafka's
+    flush only waits for the batches to be done, and a failed one is done too (docs/upstream.md, 8)."""
+    from aiokafka.errors import MessageSizeTooLargeError
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.structs import TopicPartition
+
+    async def run() -> BaseException | None:
+        accumulator = MessageAccumulator(None, 16_384, 0, 30.0)
+        builder = DefaultRecordBatchBuilder(2, 0, -1, -1, -1, 16_384, False)
+        builder.append(0, timestamp=None, key=b"k", value=b"v", headers=[])
+        delivery = await accumulator.add_batch(builder, TopicPartition("dlq", 0), timeout=1.0)
+        in_flight = accumulator._pop_batch(TopicPartition("dlq", 0))  # as the sender takes it
+        flush = asyncio.ensure_future(accumulator.flush())
+        await asyncio.sleep(0.05)
+        assert not flush.done(), "the flush waits for the batch in flight"
+        in_flight.failure(MessageSizeTooLargeError())
+        await asyncio.wait_for(flush, 1.0)
+        assert flush.exception() is None, "the flush returns as if all went well"
+        await asyncio.wait([delivery])
+        return delivery.exception()
+
+    assert isinstance(asyncio.run(run()), MessageSizeTooLargeError), "only the delivery says it failed"
