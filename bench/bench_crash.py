@@ -14,7 +14,8 @@ row (none lost, none counted twice), and the consumer group's committed offsets 
 events topic (a worker that cannot commit never acknowledged an event).
 
 A broker round (fresh topics and group too): a worker starts, 30, 50 or 70 % of the events are published,
-and once a quarter of those is answered the Kafka broker gets SIGKILL; it stays down 1, 5 or 15 s and is
+and once a quarter of those is answered the Kafka broker gets SIGKILL; it stays down for one of ``--down``
+(default 1, 5 or 15 s) and is
 started again on its data (``igrec stack up``), then the rest is published. The same worker must answer
 every event, with the same three checks; if it died meanwhile a new one is started (what a supervisor
 would do) and the row says so.
@@ -101,10 +102,10 @@ def join_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[li
 
 
 def broker_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
-                 workdir: Path, name: str, rate: float) -> dict:
+                 workdir: Path, name: str, rate: float, down: list[float]) -> dict:
     settings, events, expected = prepare(base, scorer, sessions, name)
     first = int(len(events) * rng.choice([0.3, 0.5, 0.7]))
-    down_s = rng.choice([1.0, 5.0, 15.0])
+    down_s = rng.choice(down)
     app_id = f"{settings.topic_events}-w"
     workers = [WorkerProcess(settings, artefact, workdir, app_id=app_id, name="first").start()]
     try:
@@ -174,6 +175,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=250.0,
                         help="events published per second in kill9 and join rounds (default 250; broker rounds "
                              "publish before and after the outage at once)")
+    parser.add_argument("--down", default="1,5,15",
+                        help="broker rounds: outage lengths in seconds, one drawn per round (default 1,5,15)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and the sessions drawn")
     parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here, and each round's "
                                                   "topics (else deleted after the round)")
@@ -193,8 +196,9 @@ def main() -> int:
     rows = []
     for r in range(args.rounds):
         skip = rng.randrange(0, len(all_sessions) - args.sessions)
+        extra = {"down": [float(s) for s in args.down.split(",")]} if args.disruption == "broker" else {}
         row = ROUNDS[args.disruption](base, scorer, args.artefact, all_sessions[skip : skip + args.sessions], rng,
-                                      root / f"r{r}", f"{args.disruption}{args.seed}-{r}", args.rate)
+                                      root / f"r{r}", f"{args.disruption}{args.seed}-{r}", args.rate, **extra)
         rows.append(row)
         print(f"{r:>5} {row['events']:>6} {row['at']:>20} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "
