@@ -36,8 +36,9 @@ class Case:
     target: str
 
 
-async def read_topic(settings: Settings, topic: str, desc: str | None = None) -> list[tuple[int, int, bytes]]:
-    """Every message of ``topic`` up to its end offsets at call time, as (partition, offset, value)."""
+async def read_topic(settings: Settings, topic: str,
+                     desc: str | None = None) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every message of ``topic`` up to its end offsets at call time, as (partition, offset, key, value)."""
     tps = [TopicPartition(topic, p) for p in range(await partition_count(settings, topic))]
     consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), enable_auto_commit=False)
     await consumer.start()
@@ -46,20 +47,34 @@ async def read_topic(settings: Settings, topic: str, desc: str | None = None) ->
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         starts = {tp: await consumer.position(tp) for tp in tps}
-        out: list[tuple[int, int, bytes]] = []
+        out: list[tuple[int, int, bytes | None, bytes]] = []
         pending = {tp for tp in tps if ends[tp] > starts[tp]}
         with tqdm(total=sum(ends[tp] - starts[tp] for tp in tps), desc=desc, unit="msg", disable=desc is None) as bar:
             while pending:
                 batch = await consumer.getmany(*pending, timeout_ms=2000)
                 for tp, messages in batch.items():
                     kept = [m for m in messages if m.offset < ends[tp]]
-                    out.extend((m.partition, m.offset, m.value) for m in kept)
+                    out.extend((m.partition, m.offset, m.key, m.value) for m in kept)
                     bar.update(len(kept))
                     if messages and messages[-1].offset >= ends[tp] - 1:
                         pending.discard(tp)
         return out
     finally:
         await consumer.stop()
+
+
+def _objects(messages: list[tuple[int, int, bytes | None, bytes]]) -> list[dict]:
+    """The JSON objects among the messages' values (a recorded topic can hold anything: the worker
+    dead-letters what is not an event)."""
+    objects = []
+    for *_, value in messages:
+        try:
+            decoded = orjson.loads(value) if value is not None else None
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(decoded, dict):
+            objects.append(decoded)
+    return objects
 
 
 def join_cases(events: Iterable[dict], recommendations: Iterable[dict], run: str | None = None) -> list[Case]:
@@ -105,17 +120,17 @@ def case_metrics(cases: list[Case], k: int = 20) -> dict[str, float]:
 
 async def stream_metrics(settings: Settings, run: str | None = None) -> dict[str, float]:
     """Metrics of everything on the recommendations topic, judged against the events topic."""
-    events = [orjson.loads(v) for _, _, v in await read_topic(settings, settings.topic_events, "read events")]
-    recs = [orjson.loads(v) for _, _, v in await read_topic(settings, settings.topic_recommendations, "read recs")]
+    events = _objects(await read_topic(settings, settings.topic_events, "read events"))
+    recs = _objects(await read_topic(settings, settings.topic_recommendations, "read recs"))
     valid = [e for e in events if isinstance(e, dict) and "event_id" in e and "item_id" in e]
     return case_metrics(join_cases(valid, recs, run))
 
 
-def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 256) -> list[dict]:
+def rescore(events: list[tuple[int, int, bytes | None, bytes]], artefact: Path, batch: int = 256) -> list[dict]:
     """Recommendations for recorded raw events, through the worker's validation, state and scoring code."""
     from export.scorer import Scorer
     from streams.scoring import score_batch
-    from streams.state import SessionPolicy, apply_event
+    from streams.state import OversizedSession, SessionPolicy, apply_event
     from streams.validate import EventError, parse_event
 
     scorer = Scorer(artefact)
@@ -123,12 +138,12 @@ def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 2
     policy = SessionPolicy()
     steps, meta = [], []
     now = time.time() + 10 * 365 * 86_400.0
-    for partition, offset, value in sorted(events, key=lambda e: (e[0], e[1])):
+    for partition, offset, key, value in sorted(events, key=lambda e: (e[0], e[1])):
         try:
-            event = parse_event(value, None, now)
-        except EventError:
-            continue
-        states[event.user_id], step = apply_event(states.get(event.user_id), event, partition, offset, policy)
+            event = parse_event(value, key, now)
+            states[event.user_id], step = apply_event(states.get(event.user_id), event, partition, offset, policy)
+        except (EventError, OversizedSession):
+            continue  # the worker dead-letters these
         steps.append(step)
         meta.append(event)
     out = []
@@ -152,8 +167,7 @@ def rescore(events: list[tuple[int, int, bytes]], artefact: Path, batch: int = 2
 async def ab_test(settings: Settings, artefact_a: Path, artefact_b: Path, plot: Path | None = None) -> dict:
     """Score the recorded events topic with two artefacts; returns both metric sets and B - A."""
     raw = await read_topic(settings, settings.topic_events, "read events")
-    events = [orjson.loads(v) for _, _, v in raw]
-    valid = [e for e in events if isinstance(e, dict) and "event_id" in e and "item_id" in e]
+    valid = [e for e in _objects(raw) if "event_id" in e and "item_id" in e]
     result = {}
     for name, artefact in (("A", artefact_a), ("B", artefact_b)):
         result[name] = case_metrics(join_cases(valid, rescore(raw, artefact)))

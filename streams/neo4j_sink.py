@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
+from streams.records import dead_letter_message
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.triples import NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
@@ -221,13 +221,14 @@ class Neo4jSink:
         producer: AIOKafkaProducer,
     ) -> None:
         triples: list[Triple] = []
+        dead_letters = []
         for messages in batch.values():
             for message in messages:
                 try:
                     triples.append(parse(message.value))
                 except TripleError as error:
-                    await self._dead_letter(producer, message, str(error))
-        await producer.flush()
+                    dead_letters.append(await self._dead_letter(producer, message, error))
+        await asyncio.gather(*dead_letters)  # raises if Kafka refused one: the batch is then not committed
         if triples:
             began = time.monotonic()
             self.stats.retries += await asyncio.to_thread(
@@ -245,18 +246,15 @@ class Neo4jSink:
         if self.on_batch:
             self.on_batch(self.stats)
 
-    async def _dead_letter(self, producer: AIOKafkaProducer, message: ConsumerRecord, reason: str) -> None:
-        record = {
-            "reason": reason,
-            "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
-            "key": message.key.decode(errors="replace") if message.key is not None else None,
-            "value": message.value.decode(errors="replace") if message.value is not None else None,
-            "ts": time.time(),
-        }
-        await producer.send(self.settings.topic_triples_dlq, value=orjson.dumps(record), key=message.key)
+    async def _dead_letter(self, producer: AIOKafkaProducer, message: ConsumerRecord,
+                           error: TripleError) -> asyncio.Future:
+        """Send ``message``'s DLQ record; returns its delivery."""
+        record = dead_letter_message(error, message.topic, message.partition, message.offset, message.key,
+                                     message.value)
+        delivery = await producer.send(self.settings.topic_triples_dlq, value=record, key=message.key)
         self.stats.dead_lettered += 1
-        kind = reason.split(":")[0][:60]
-        self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+        self.stats.reasons[error.code] = self.stats.reasons.get(error.code, 0) + 1
+        return delivery
 
     async def _caught_up(self, consumer: AIOKafkaConsumer) -> bool:
         assignment = consumer.assignment()

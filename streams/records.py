@@ -8,6 +8,7 @@ classes, so the documented contract can never drift from the code (a unit test c
 from __future__ import annotations
 
 import sys
+import time
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,22 @@ import faust
 import orjson
 
 SCHEMA_VERSION = 1
+DLQ_TEXT_BYTES = 64 * 1024
+"""Most bytes of a refused message's key or value copied into its DLQ record (the whole message stays at its
+source offset)."""
+
+
+class Refusal(ValueError):
+    """A message (or stored value) refused by a contract check. ``str(error)`` is the reason with its
+    particulars, for a person; ``code`` names the rule, stable across releases, for programs: DLQ records
+    carry it, and metrics count by it (a reason with values in it would make a label per value)."""
+
+    code = "refused"
+
+    def __init__(self, reason: str, code: str | None = None):
+        super().__init__(reason)
+        if code is not None:
+            self.code = code
 
 
 class _Record(faust.Record, serializer="json", include_metadata=False):
@@ -73,8 +90,9 @@ class EnrichedEvent(_Record):
 
 
 class DeadLetter(_Record):
-    """``igrec.events.dlq``: an input that was refused, with the reason and where it came from; or a user's
-    stored state that the worker could not read (reason ``user state unreadable: ...``, ``value`` the state,
+    """``igrec.events.dlq`` and ``igrec.kg.triples.dlq``: an input that was refused, with the reason, its rule
+    (``code``, e.g. ``not_json``, ``ts_too_old``; README "Dead letters" lists them) and where it came from; or
+    a user's stored state that the worker could not read (code ``user_state_unreadable``, ``value`` the state,
     the source that user's event which met it, and was then applied to a fresh state)."""
 
     schema_version: int
@@ -85,20 +103,36 @@ class DeadLetter(_Record):
     key: str | None
     value: str | None
     received_at: float
+    code: str = "refused"
 
 
-def decode_message(raw: bytes | None, error: type[ValueError]) -> dict[str, Any]:
+def dead_letter_message(error: Refusal, topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None) -> bytes:
+    """The DLQ message for a refused message (or value) read from ``topic``/``partition``/``offset``: a
+    :class:`DeadLetter` as JSON, with the key and value as text (their first ``DLQ_TEXT_BYTES`` bytes)."""
+    return orjson.dumps(DeadLetter(
+        schema_version=SCHEMA_VERSION, reason=str(error), code=error.code, source_topic=topic,
+        source_partition=partition, source_offset=offset, key=_text(key), value=_text(value),
+        received_at=time.time()).asdict())
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw[:DLQ_TEXT_BYTES].decode(errors="replace")
+
+
+def decode_message(raw: bytes | None, error: type[Refusal]) -> dict[str, Any]:
     """The JSON object of one message at this ``SCHEMA_VERSION``; else raises ``error`` with the reason."""
     if raw is None:
-        raise error("empty message (tombstone)")
+        raise error("empty message (tombstone)", "tombstone")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as decode_error:
-        raise error(f"not JSON: {decode_error}") from None
+        raise error(f"not JSON: {decode_error}", "not_json") from None
     if not isinstance(data, dict):
-        raise error(f"expected a JSON object, got {type(data).__name__}")
+        raise error(f"expected a JSON object, got {type(data).__name__}", "not_an_object")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise error(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+        raise error(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}",
+                    "schema_version")
     return data
 
 

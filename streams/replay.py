@@ -105,14 +105,15 @@ async def publish_payloads(
     await producer.start()
     began = time.perf_counter()
     try:
+        deliveries = []
         with tqdm(total=len(payloads), desc=desc, unit="msg", disable=desc is None) as bar:
             for index, payload in enumerate(payloads):
                 if rate and (ahead := began + index / rate - time.perf_counter()) > 0:
                     await asyncio.sleep(ahead)
-                await producer.send(topic, value=payload, key=keys[index] if keys else None)
+                deliveries.append(await producer.send(topic, value=payload, key=keys[index] if keys else None))
                 if index % 1000 == 999:
                     bar.update(1000)
-            await producer.flush()
+            await asyncio.gather(*deliveries)  # raises if Kafka refused one (a flush would return regardless)
             bar.update(len(payloads) - bar.n)
     finally:
         await producer.stop()

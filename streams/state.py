@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streams.records import Event
+from streams.records import Event, Refusal
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,16 @@ class Step:
     previous_item: str | None
 
 
-class OversizedSession(ValueError):
+class OversizedSession(Refusal):
     """The session already has ``max_session_events`` events (a bot or a stuck producer)."""
 
+    code = "oversized_session"
 
-class UnreadableState(ValueError):
+
+class UnreadableState(Refusal):
     """A stored user state is not JSON or not a state of this layout; ``str(error)`` says what is wrong."""
+
+    code = "user_state_unreadable"
 
 
 def empty_state() -> dict[str, Any]:

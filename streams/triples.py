@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from model.facts import Fact
-from streams.records import SCHEMA_VERSION, decode_message
+from streams.records import SCHEMA_VERSION, Refusal, decode_message
 
 NODE_LABELS = ("User", "Session", "Item", "Category", "Keyword", "Entity", "Interest")
 
@@ -53,8 +53,8 @@ _PROP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _SCALARS = (str, int, float, bool)
 
 
-class TripleError(ValueError):
-    """A message that is not a valid triple; the text is the reason recorded in the DLQ."""
+class TripleError(Refusal):
+    """A message that is not a valid triple; the text is the reason recorded in the DLQ, ``code`` its rule."""
 
 
 @dataclass(frozen=True)
@@ -157,49 +157,51 @@ def parse(raw: bytes | None) -> Triple:
     rel = message.get("rel")
     if rel is None:
         if "tail" in message:
-            raise TripleError("a tail without a rel")
+            raise TripleError("a tail without a rel", "tail_without_rel")
         return Triple(head_label, head_id, head_props)
     if rel not in RELATIONSHIPS:
-        raise TripleError(f"unknown relationship type {rel!r}; allowed: {sorted(RELATIONSHIPS)}")
+        raise TripleError(f"unknown relationship type {rel!r}; allowed: {sorted(RELATIONSHIPS)}", "unknown_rel")
     tail_label, tail_id, tail_props = _endpoint(message.get("tail"), "tail")
     spec = RELATIONSHIPS[rel]
     if (head_label, tail_label) != (spec.head, spec.tail):
-        raise TripleError(f"{rel} goes from {spec.head} to {spec.tail}, not from {head_label} to {tail_label}")
+        raise TripleError(f"{rel} goes from {spec.head} to {spec.tail}, not from {head_label} to {tail_label}",
+                          "wrong_endpoints")
     props = _props(message.get("props", {}), "props")
     missing = [key for key in spec.key if key not in props]
     if missing:
-        raise TripleError(f"{rel} needs the identifying properties {missing}")
+        raise TripleError(f"{rel} needs the identifying properties {missing}", "missing_key_props")
     return Triple(head_label, head_id, head_props, rel, tail_label, tail_id, tail_props, props)
 
 
 def _endpoint(value: Any, where: str) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(value, dict):
-        raise TripleError(f"{where} must be an object with label and id")
+        raise TripleError(f"{where} must be an object with label and id", "invalid_endpoint")
     label = value.get("label")
     if label not in NODE_LABELS:
-        raise TripleError(f"{where}.label {label!r} is not one of {list(NODE_LABELS)}")
+        raise TripleError(f"{where}.label {label!r} is not one of {list(NODE_LABELS)}", "unknown_label")
     node_id = value.get("id")
     if isinstance(node_id, bool) or not isinstance(node_id, str | int):
-        raise TripleError(f"{where}.id must be a string or an integer")
+        raise TripleError(f"{where}.id must be a string or an integer", "invalid_id")
     node_id = str(node_id)
     if not node_id or len(node_id) > MAX_ID_LENGTH:
-        raise TripleError(f"{where}.id must have 1..{MAX_ID_LENGTH} characters")
+        raise TripleError(f"{where}.id must have 1..{MAX_ID_LENGTH} characters", "invalid_id_length")
     return label, node_id, _props(value.get("props", {}), f"{where}.props")
 
 
 def _props(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise TripleError(f"{where} must be an object")
+        raise TripleError(f"{where} must be an object", "invalid_props")
     if len(value) > MAX_PROPS:
-        raise TripleError(f"{where} has {len(value)} properties; at most {MAX_PROPS}")
+        raise TripleError(f"{where} has {len(value)} properties; at most {MAX_PROPS}", "too_many_props")
     for name, item in value.items():
         if not _PROP_NAME.match(name) or name == "id":
-            raise TripleError(f"{where}: property name {name!r} is not allowed")
+            raise TripleError(f"{where}: property name {name!r} is not allowed", "invalid_prop_name")
         values = item if isinstance(item, list) else [item]
         if not all(isinstance(v, _SCALARS) for v in values) or (
             isinstance(item, list) and len({type(v) for v in values}) > 1
         ):
-            raise TripleError(f"{where}.{name}: values must be strings, numbers, booleans or a list of one of those")
+            raise TripleError(f"{where}.{name}: values must be strings, numbers, booleans or a list of one of those",
+                              "invalid_prop_value")
         if any(isinstance(v, str) and len(v) > MAX_STRING for v in values):
-            raise TripleError(f"{where}.{name}: string longer than {MAX_STRING}")
+            raise TripleError(f"{where}.{name}: string longer than {MAX_STRING}", "string_too_long")
     return value

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from streams.records import SCHEMA_VERSION, Event, decode_message
+from streams.records import SCHEMA_VERSION, Event, Refusal, decode_message
 
 MIN_TS = 946_684_800.0  # 2000-01-01: older timestamps are unit mistakes (ms vs s) or garbage
 MAX_FUTURE_S = 86_400.0
@@ -21,8 +21,8 @@ MAX_CONTEXT_BYTES = 4_096
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-class EventError(ValueError):
-    """The message is not a valid event; ``str(error)`` is the DLQ reason."""
+class EventError(Refusal):
+    """The message is not a valid event; ``str(error)`` is the DLQ reason, ``code`` its rule."""
 
 
 def parse_event(raw: bytes | None, key: bytes | None, now: float) -> Event:
@@ -30,11 +30,11 @@ def parse_event(raw: bytes | None, key: bytes | None, now: float) -> Event:
 
     Refused: not JSON or not an object; a wrong ``schema_version``; a missing or mistyped field; ids empty
     or longer than 256 characters; a timestamp before 2000 or more than a day ahead of ``now`` (seconds);
-    a ``context`` that is not an object or is over 4 KiB; a message key that differs from ``user_id``
-    (the key decides the partition, and a user's state lives on one partition).
+    a ``context`` that is not an object or is over 4 KiB; a message without a key, or with a key that differs
+    from ``user_id`` (the key decides the partition, and a user's state lives on one partition).
     """
     if raw is not None and len(raw) > MAX_MESSAGE_BYTES:
-        raise EventError(f"message of {len(raw)} bytes; at most {MAX_MESSAGE_BYTES}")
+        raise EventError(f"message of {len(raw)} bytes; at most {MAX_MESSAGE_BYTES}", "too_large")
     data = decode_message(raw, EventError)
     event_id = _identifier(data, "event_id")
     user_id = _identifier(data, "user_id")
@@ -43,15 +43,17 @@ def parse_event(raw: bytes | None, key: bytes | None, now: float) -> Event:
     ts = _timestamp(data.get("ts"), now)
     kind = data.get("type", "click")
     if not isinstance(kind, str) or not 0 < len(kind) <= MAX_TYPE:
-        raise EventError(f"type must be a string of 1..{MAX_TYPE} characters")
+        raise EventError(f"type must be a string of 1..{MAX_TYPE} characters", "invalid_type")
     context = data.get("context")
     if context is not None:
         if not isinstance(context, dict):
-            raise EventError("context must be an object")
+            raise EventError("context must be an object", "invalid_context")
         if len(orjson.dumps(context)) > MAX_CONTEXT_BYTES:
-            raise EventError(f"context larger than {MAX_CONTEXT_BYTES} bytes")
-    if key is not None and key.decode(errors="replace") != user_id:
-        raise EventError("message key differs from user_id (produce events keyed by user id)")
+            raise EventError(f"context larger than {MAX_CONTEXT_BYTES} bytes", "context_too_large")
+    if key is None:
+        raise EventError("message has no key (produce events keyed by user id)", "missing_key")
+    if key.decode(errors="replace") != user_id:
+        raise EventError("message key differs from user_id (produce events keyed by user id)", "key_mismatch")
     return Event(
         schema_version=SCHEMA_VERSION,
         event_id=event_id,
@@ -68,23 +70,23 @@ def _identifier(data: dict[str, Any], name: str, required: bool = True, allow_in
     value = data.get(name)
     if value is None:
         if required:
-            raise EventError(f"missing field {name}")
+            raise EventError(f"missing field {name}", "missing_field")
         return None
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise EventError(f"{name} must be a string, got {type(value).__name__}")
+        raise EventError(f"{name} must be a string, got {type(value).__name__}", "wrong_field_type")
     if not 0 < len(value) <= MAX_ID:
-        raise EventError(f"{name} must have 1..{MAX_ID} characters")
+        raise EventError(f"{name} must have 1..{MAX_ID} characters", "invalid_id_length")
     return value
 
 
 def _timestamp(value: Any, now: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EventError("ts must be a number (seconds since the epoch)")
+        raise EventError("ts must be a number (seconds since the epoch)", "invalid_ts")
     ts = float(value)
     if ts != ts or ts < MIN_TS:
-        raise EventError(f"ts {value!r} is before 2000-01-01 (milliseconds instead of seconds?)")
+        raise EventError(f"ts {value!r} is before 2000-01-01 (milliseconds instead of seconds?)", "ts_too_old")
     if ts > now + MAX_FUTURE_S:
-        raise EventError(f"ts {value!r} is more than a day in the future")
+        raise EventError(f"ts {value!r} is more than a day in the future", "ts_in_future")
     return ts

@@ -49,13 +49,13 @@ from mode.utils.times import want_seconds
 from streams import faust_fixes, metrics
 from streams.changelog import OutboxTable
 from streams.outbox import Outbox, kafka_producer
-from streams.records import SCHEMA_VERSION, DeadLetter, EnrichedEvent, Event, Recommendation
+from streams.records import SCHEMA_VERSION, EnrichedEvent, Event, Recommendation, Refusal, dead_letter_message
 from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stopped
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, UnreadableState, apply_event, read_state
 from streams.topics import default_partition, ensure_topics
 from streams.triples import edge
-from streams.validate import MAX_MESSAGE_BYTES, EventError, parse_event
+from streams.validate import EventError, parse_event
 
 log = logging.getLogger("igrec.worker")
 
@@ -75,8 +75,6 @@ STOP_AFTER_CRASH_S = 15.0
 STATS_INTERVAL_S = 5.0
 STALL_S = 30.0
 """Lag with no event taken for this long is logged as a stall, with what the consumer and the pipeline hold."""
-DLQ_TEXT_BYTES = MAX_MESSAGE_BYTES
-"""Most bytes of a refused key or value copied into its DLQ record."""
 INTEREST_ITEMS_REMEMBERED = 1_000_000
 """Items whose IN_INTEREST facts this process has sent; past this many the set starts again (a re-send is
 harmless: the facts are absolute)."""
@@ -158,21 +156,14 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                            nice=config.scorer_nice)
     interest_items_sent: set[str] = set()
 
-    def dead_letter(out: Outbox, message: Any, reason: str, value: bytes | None = None) -> None:
-        """A DLQ record for ``message``, with ``value`` in place of the message's own when given."""
-        metrics.DLQ.labels(reason=reason.split(":")[0][:40]).inc()
-        record = DeadLetter(
-            schema_version=SCHEMA_VERSION,
-            reason=reason,
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            key=_dlq_text(message.key),
-            value=_dlq_text(message.value if value is None else value),
-            received_at=time.time(),
-        )
+    def dead_letter(out: Outbox, message: Any, error: Refusal, value: bytes | None = None) -> None:
+        """A DLQ record for ``message``, refused for ``error``, with ``value`` in place of the message's own when
+        given; counted by the error's code."""
+        metrics.DLQ.labels(reason=error.code).inc()
+        record = dead_letter_message(error, message.topic, message.partition, message.offset, message.key,
+                                     message.value if value is None else value)
         partition = None if message.key else message.partition % out.partition_count(settings.topic_dlq)
-        out.add(settings.topic_dlq, message.key, orjson.dumps(record.asdict()), partition)
+        out.add(settings.topic_dlq, message.key, record, partition)
 
     def admit(out: Outbox, message: Any, now: float) -> Scored:
         """Validate ``message`` and apply it to its user's state; raises EventError / OversizedSession."""
@@ -193,10 +184,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         try:
             return read_state(raw)
         except UnreadableState as error:
-            dead_letter(out, message, f"user state unreadable: {error}; the user starts afresh", value=raw)
+            dead_letter(out, message, UnreadableState(f"user state unreadable: {error}; the user starts afresh"),
+                        value=raw)
             log.error("user state unreadable: the user starts afresh", extra={"fields": {
-                "user": _dlq_text(message.key), "partition": message.partition, "offset": message.offset,
-                "error": str(error)}})
+                "user": message.key.decode(errors="replace"), "partition": message.partition,
+                "offset": message.offset, "error": str(error)}})
             return None
 
     async def open_outbox() -> Outbox:
@@ -288,7 +280,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                     try:
                         admitted.append(admit(out, message, now))
                     except (EventError, OversizedSession) as error:
-                        dead_letter(out, message, str(error))
+                        dead_letter(out, message, error)
                         refused.append(message)
                 metrics.EVENTS.labels(outcome="dead_lettered").inc(len(refused))
                 add_transitions(out, admitted)
@@ -552,12 +544,6 @@ def _fetch_state(consumer: Any) -> dict[str, dict[str, Any]] | None:
             "buffered": None if records is None else type(records).__name__,
         }
     return state
-
-
-def _dlq_text(raw: bytes | None) -> str | None:
-    """A refused message's key or value as text for its DLQ record: the first ``DLQ_TEXT_BYTES`` bytes (a longer
-    one is refused for its size, which the reason states; the whole message stays at its source offset)."""
-    return None if raw is None else raw[:DLQ_TEXT_BYTES].decode(errors="replace")
 
 
 def event_triples(event: Event, step: Step, scoring: Scoring | None = None, model_version: str = "",

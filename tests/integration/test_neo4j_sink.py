@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from jsonschema import Draft202012Validator
 
 from deploy import stack
 from model.data import read_split
@@ -211,11 +212,15 @@ async def test_malformed_triples_go_to_the_dlq_with_reasons(settings: Settings, 
             records += [orjson.loads(m.value) for ms in batch.values() for m in ms]
     finally:
         await consumer.stop()
-    ours = [r for r in records if r["source"]["topic"] == topic_name]
-    assert [r["source"]["offset"] for r in ours] == list(range(1, 1 + len(bad)))
+    ours = [r for r in records if r.get("source_topic") == topic_name]
+    assert [r["source_offset"] for r in ours] == list(range(1, 1 + len(bad)))
+    schema = Draft202012Validator(orjson.loads(
+        (ROOT / "docs" / "schemas" / f"{Settings().topic_triples_dlq}.schema.json").read_bytes()))
     for record, (raw, reason) in zip(ours, bad.items(), strict=True):
         assert reason in record["reason"], record
         assert record["value"] == raw.decode()
+        assert not list(schema.iter_errors(record)), "the record follows the topic's documented contract"
+    assert [r["code"] for r in ours[:3]] == ["not_json", "not_an_object", "unknown_label"]
 
 
 async def test_neo4j_down_for_60_s_mid_stream_loses_nothing(settings: Settings, topic_name: str) -> None:

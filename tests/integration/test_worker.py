@@ -273,7 +273,9 @@ def fuzzed_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
 
 def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: Path, tmp_path) -> None:
     huge = {"schema_version": 1, "event_id": "huge", "user_id": "u1", "item_id": "5", "ts": 1_700_000_000.0}
-    bad = [*fuzzed_events(10_000), (b"u1", orjson.dumps({**huge, "pad": "x" * 400_000})), (b"k" * 300_000, b"{}")]
+    keyless = orjson.dumps({**huge, "event_id": "no-key"})  # valid, but unkeyed: it once crashed the worker
+    bad = [*fuzzed_events(10_000), (b"u1", orjson.dumps({**huge, "pad": "x" * 400_000})), (b"k" * 300_000, b"{}"),
+           (None, keyless)]
     assert len({v for _, v in bad}) > 1000, "the fuzz must be varied"
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=f"{iso.topic_events}-w").start()
     try:
@@ -303,6 +305,9 @@ def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: P
     reasons = {records[0]["reason"].split(":")[0].split(" ")[0] for records in dead.values()}
     assert len(reasons) >= 5, reasons
     assert all(records[0]["source_topic"] == iso.topic_events for records in dead.values())
+    assert_valid("dlq", records)
+    codes = {r["code"] for r in records}
+    assert "missing_key" in codes and len(codes) <= 20, f"one code per rule, no values in them: {codes}"
     assert set(recs) == {e["event_id"] for e in good}, "the worker must keep serving after bad input"
 
 

@@ -41,6 +41,29 @@ def test_malformed_fields_are_refused_with_the_reason(change: dict, reason: str)
 
 
 @pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"schema_version": 2}, "schema_version"),
+        ({"event_id": None}, "missing_field"),
+        ({"user_id": 7}, "wrong_field_type"),
+        ({"item_id": "x" * 300}, "invalid_id_length"),
+        ({"ts": "yesterday"}, "invalid_ts"),
+        ({"ts": 1_700_000_000_000}, "ts_in_future"),
+        ({"ts": 1_700_000}, "ts_too_old"),
+        ({"ts": 1_700_001}, "ts_too_old"),
+        ({"type": ""}, "invalid_type"),
+        ({"context": [1]}, "invalid_context"),
+        ({"context": {"x": "y" * 5000}}, "context_too_large"),
+    ],
+)
+def test_each_rule_has_a_stable_code_without_the_values_in_it(change: dict, code: str) -> None:
+    """The code labels the DLQ metric: a reason with the offending value in it would make a label per value."""
+    with pytest.raises(EventError) as refused:
+        parse_event(orjson.dumps(GOOD | change), b"u1", NOW)
+    assert refused.value.code == code
+
+
+@pytest.mark.parametrize(
     ("raw", "key", "reason"),
     [
         (None, b"u1", "tombstone"),
@@ -48,6 +71,7 @@ def test_malformed_fields_are_refused_with_the_reason(change: dict, reason: str)
         (b"[]", b"u1", "JSON object"),
         (b" " * 70_000, b"u1", "bytes; at most"),
         (orjson.dumps(GOOD), b"someone-else", "key differs"),
+        (orjson.dumps(GOOD), None, "no key"),
     ],
 )
 def test_undecodable_or_misrouted_messages_are_refused(raw, key, reason: str) -> None:
