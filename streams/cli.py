@@ -129,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     stream_eval.add_argument("--run", default=None, help="only events whose id starts with this (a replay's --run)")
     stream_eval.add_argument("--json", default=None, help="also write the metrics here")
     stream_eval.set_defaults(func=_stream_eval)
+    dlq = commands.add_parser(
+        "dlq",
+        help="what a dead-letter topic holds: records by rule (code) and source, since when, the latest reason",
+        description="Reads a dead-letter topic from its start to its current end and prints one row per rule "
+        "(the records' code: not_json, ts_too_old, ...; README 'Dead letters' lists them) with its count, share, "
+        "first and last received time (UTC) and the latest record's reason and source offset.",
+    )
+    dlq.add_argument("--topic", choices=["events", "triples"], default="events",
+                     help="events: the worker's igrec.events.dlq (default); triples: the sink's igrec.kg.triples.dlq")
+    dlq.add_argument("--json", default=None, help="also write the rules here as JSON")
+    dlq.set_defaults(func=_dlq)
     ab = commands.add_parser(
         "ab",
         help="A/B on recorded traffic: score the recorded events topic with two artefacts, compare, plot",
@@ -326,6 +337,22 @@ def _stream_eval(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(metrics, handle, indent=2)
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    import asyncio
+    from dataclasses import asdict
+
+    from streams.dlq import summarise, table
+    from streams.evaluate_stream import read_topic
+
+    topic = args.settings.topic_dlq if args.topic == "events" else args.settings.topic_triples_dlq
+    rules = summarise(value for *_, value in asyncio.run(read_topic(args.settings, topic, f"read {topic}")))
+    print(f"{topic}:\n{table(rules)}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump([asdict(rule) for rule in rules], handle, indent=2)
     return 0
 
 

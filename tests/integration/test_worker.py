@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from jsonschema import Draft202012Validator
 
 from model.data import read_test_tsv, sessions_to_cases
 from model.metrics import metrics_from_ranks, ranks_from_top_k
-from streams.evaluate_stream import ab_test, stream_metrics
+from streams.dlq import summarise
+from streams.evaluate_stream import ab_test, read_topic, stream_metrics
 from streams.harness import (
     WorkerProcess,
     collect,
@@ -308,6 +310,8 @@ def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: P
     assert_valid("dlq", records)
     codes = {r["code"] for r in records}
     assert "missing_key" in codes and len(codes) <= 20, f"one code per rule, no values in them: {codes}"
+    rules = summarise(value for *_, value in asyncio.run(read_topic(iso, iso.topic_dlq)))  # igrec dlq
+    assert {rule.code: rule.count for rule in rules} == dict(Counter(r["code"] for r in records))
     assert set(recs) == {e["event_id"] for e in good}, "the worker must keep serving after bad input"
 
 
