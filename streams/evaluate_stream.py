@@ -122,7 +122,7 @@ async def stream_metrics(settings: Settings, run: str | None = None) -> dict[str
     """Metrics of everything on the recommendations topic, judged against the events topic."""
     events = _objects(await read_topic(settings, settings.topic_events, "read events"))
     recs = _objects(await read_topic(settings, settings.topic_recommendations, "read recs"))
-    valid = [e for e in events if isinstance(e, dict) and "event_id" in e and "item_id" in e]
+    valid = [e for e in events if "event_id" in e and "item_id" in e]
     return case_metrics(join_cases(valid, recs, run))
 
 

@@ -107,7 +107,7 @@ class DeadLetter(_Record):
 
 
 def dead_letter_message(error: Refusal, topic: str, partition: int, offset: int, key: bytes | None,
-                value: bytes | None) -> bytes:
+                        value: bytes | None) -> bytes:
     """The DLQ message for a refused message (or value) read from ``topic``/``partition``/``offset``: a
     :class:`DeadLetter` as JSON, with the key and value as text (their first ``DLQ_TEXT_BYTES`` bytes)."""
     return orjson.dumps(DeadLetter(
