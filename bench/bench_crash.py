@@ -194,9 +194,9 @@ def main() -> int:
              f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11}"
     print(header, flush=True)
     rows = []
+    extra = {"down": [float(s) for s in args.down.split(",")]} if args.disruption == "broker" else {}
     for r in range(args.rounds):
         skip = rng.randrange(0, len(all_sessions) - args.sessions)
-        extra = {"down": [float(s) for s in args.down.split(",")]} if args.disruption == "broker" else {}
         row = ROUNDS[args.disruption](base, scorer, args.artefact, all_sessions[skip : skip + args.sessions], rng,
                                       root / f"r{r}", f"{args.disruption}{args.seed}-{r}", args.rate, **extra)
         rows.append(row)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import orjson
+from streams.records import json_object
 
 UNREADABLE = "unreadable_record"
 """The code given to a message of the DLQ topic that is not a DLQ record (written by something else)."""
@@ -50,11 +50,8 @@ def summarise(values: Iterable[bytes | None]) -> list[Rule]:
 
 
 def _record(value: bytes | None) -> dict | None:
-    try:
-        record = orjson.loads(value) if value is not None else None
-    except orjson.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and "reason" in record else None
+    record = json_object(value)
+    return record if record is not None and "reason" in record else None
 
 
 def table(rules: list[Rule], width: int = 100) -> str:

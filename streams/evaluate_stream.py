@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
 from model.metrics import metrics_from_ranks, ranks_from_top_k
+from streams.records import json_object
 from streams.settings import Settings
 from streams.topics import partition_count
 
@@ -66,15 +66,7 @@ async def read_topic(settings: Settings, topic: str,
 def _objects(messages: list[tuple[int, int, bytes | None, bytes]]) -> list[dict]:
     """The JSON objects among the messages' values (a recorded topic can hold anything: the worker
     dead-letters what is not an event)."""
-    objects = []
-    for *_, value in messages:
-        try:
-            decoded = orjson.loads(value) if value is not None else None
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(decoded, dict):
-            objects.append(decoded)
-    return objects
+    return [value for *_, raw in messages if (value := json_object(raw)) is not None]
 
 
 def join_cases(events: Iterable[dict], recommendations: Iterable[dict], run: str | None = None) -> list[Case]:

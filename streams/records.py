@@ -120,6 +120,16 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw[:DLQ_TEXT_BYTES].decode(errors="replace")
 
 
+def json_object(raw: bytes | None) -> dict[str, Any] | None:
+    """The JSON object in ``raw``, or None when it holds anything else (readers of recorded topics, which
+    can hold anything, skip those; :func:`decode_message` is the checking reader that says why)."""
+    try:
+        value = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def decode_message(raw: bytes | None, error: type[Refusal]) -> dict[str, Any]:
     """The JSON object of one message at this ``SCHEMA_VERSION``; else raises ``error`` with the reason."""
     if raw is None:
