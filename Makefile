@@ -19,7 +19,6 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check streams deploy export
 
 lock:
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev -q -o requirements.lock --python-version 3.11

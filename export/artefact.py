@@ -33,6 +33,13 @@ MIN_IDENTICAL = 0.999
 """Parity bar: the share of top-K lists (items and order) identical to PyTorch's."""
 MAX_SCORE_DIFF = 1e-4
 """Parity bar: the largest |score difference| to PyTorch over the sorted top-K scores."""
+MIN_SAME_SET = 0.999
+"""Parity bar: the share of top-K item sets (order aside) identical to PyTorch's."""
+INT8_MIN_IDENTICAL = 0.99
+"""Parity bar of the int8 item product (``export.precision``): its log-normaliser is exact only for the top
+candidates, so near-tied items (a few thousandths of a log-probability apart) may swap places."""
+INT8_MAX_SCORE_DIFF = 2e-2
+"""Parity bar of the int8 item product: the normaliser's error from the items outside the top candidates."""
 METADATA_KEYS = ("igrec.format_version", "igrec.k", "igrec.n_items", "igrec.opset")
 """Keys written into the ONNX model's metadata_props, cross-checked against the card at load time."""
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from export.artefact import MAX_SCORE_DIFF, MIN_IDENTICAL
+from export.artefact import INT8_MAX_SCORE_DIFF, INT8_MIN_IDENTICAL, MAX_SCORE_DIFF, MIN_IDENTICAL, MIN_SAME_SET
 
 
 def _run_export(args: argparse.Namespace) -> None:
@@ -40,8 +40,9 @@ def _run_parity(args: argparse.Namespace) -> None:
     try:
         report = verify_artefact(VerifyOptions(
             artefact=args.artefact, checkpoint=args.checkpoint, providers=args.provider, fp16=args.fp16,
-            cases=args.cases or None, data=args.data, raw_format=args.raw_format, batch_size=args.batch_size,
-            threads=args.threads, min_identical=args.min_identical, max_diff=args.max_diff))
+            int8=args.int8, cases=args.cases or None, data=args.data, raw_format=args.raw_format,
+            batch_size=args.batch_size, threads=args.threads, min_identical=args.min_identical,
+            max_diff=args.max_diff, min_same_set=args.min_same_set))
     except (ArtefactError, OSError, ValueError, RuntimeError) as exc:
         print(f"igrec parity: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc
@@ -60,17 +61,24 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="auto",
                    help="execution provider to score with: auto, cpu, cuda or tensorrt (default: auto, the "
                         "worker's choice: TensorRT or CUDA where a GPU is usable, else CPU)")
-    p.add_argument("--fp16", action="store_true", help="score the item product in float16 (GPU providers)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="score the item product in float16 (GPU providers)")
+    precision.add_argument("--int8", action="store_true",
+                           help="score the item product in int8 on the CPU, its top candidates again in float32 "
+                                "(the worker's --int8), held to the int8 bars below")
     p.add_argument("--cases", type=int, default=5000, help="test cases to compare (0 = the whole test split)")
     p.add_argument("--data", help="split folder (or raw log with --raw-format); default: the card's dataset")
     p.add_argument("--raw-format", choices=["diginetica", "yoochoose", "csv"])
     p.add_argument("--batch-size", type=int, default=256, help="sessions per scoring call")
     p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime")
-    p.add_argument("--min-identical", type=float, default=MIN_IDENTICAL,
-                   help=f"fraction of top-K lists that must be identical (the export's bar: {MIN_IDENTICAL})")
-    p.add_argument("--max-diff", type=float, default=MAX_SCORE_DIFF,
-                   help=f"largest allowed |score difference| (the export's bar: {MAX_SCORE_DIFF:g}; fp16 needs a "
-                        "looser one)")
+    p.add_argument("--min-identical", type=float,
+                   help=f"fraction of top-K lists that must be identical (default: the export's bar, "
+                        f"{MIN_IDENTICAL}; with --int8 {INT8_MIN_IDENTICAL})")
+    p.add_argument("--min-same-set", type=float, default=MIN_SAME_SET,
+                   help=f"fraction of top-K item sets (order aside) that must be identical (default {MIN_SAME_SET})")
+    p.add_argument("--max-diff", type=float,
+                   help=f"largest allowed |score difference| (default: the export's bar, {MAX_SCORE_DIFF:g}; with "
+                        f"--int8 {INT8_MAX_SCORE_DIFF:g}; fp16 needs a looser one)")
     p.add_argument("--json", help="also write the report here")
 
 

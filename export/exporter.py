@@ -24,10 +24,13 @@ from export.artefact import (
     CARD_FILE,
     FORMAT,
     FORMAT_VERSION,
+    INT8_MAX_SCORE_DIFF,
+    INT8_MIN_IDENTICAL,
     INTERESTS_FILE,
     ITEMS_FILE,
     MAX_SCORE_DIFF,
     MIN_IDENTICAL,
+    MIN_SAME_SET,
     MODEL_FILE,
     checksums,
     sha256_file,
@@ -216,13 +219,16 @@ class VerifyOptions:
     checkpoint: str | None = None
     providers: str = "auto"
     fp16: bool = False
+    int8: bool = False
     cases: int | None = 5000
     data: str | None = None
     raw_format: str | None = None
     batch_size: int = 256
     threads: int | None = None
-    min_identical: float = MIN_IDENTICAL
-    max_diff: float = MAX_SCORE_DIFF
+    min_identical: float | None = None
+    """None: the export's bar, or :data:`INT8_MIN_IDENTICAL` with ``int8``; likewise ``max_diff``."""
+    max_diff: float | None = None
+    min_same_set: float = MIN_SAME_SET
 
 
 def verify_artefact(opts: VerifyOptions) -> ParityReport:
@@ -232,7 +238,7 @@ def verify_artefact(opts: VerifyOptions) -> ParityReport:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     scorer = Scorer(opts.artefact, providers=opts.providers, threads=opts.threads, fp16=opts.fp16,
-                    history=True, spin=False)
+                    int8=opts.int8, history=True, spin=False)
     card = scorer.card
     checkpoint = Path(opts.checkpoint or card["checkpoint"]["path"])
     if not checkpoint.is_file():
@@ -247,9 +253,12 @@ def verify_artefact(opts: VerifyOptions) -> ParityReport:
     data = opts.data or card["dataset"]["data"]
     split = load_split(data, opts.raw_format or card["train"].get("raw_format"))
     cases, source = parity_cases(split, scorer.n_items, opts.cases)
+    min_identical, max_diff = (INT8_MIN_IDENTICAL, INT8_MAX_SCORE_DIFF) if scorer.int8 else (MIN_IDENTICAL,
+                                                                                              MAX_SCORE_DIFF)
     return check_parity(net, scorer, cases, source=source, batch_size=opts.batch_size,
                         max_len=card["graphs"]["max_len"], binary=card["graphs"]["binary"],
-                        min_identical=opts.min_identical, max_diff=opts.max_diff)
+                        min_identical=min_identical if opts.min_identical is None else opts.min_identical,
+                        max_diff=max_diff if opts.max_diff is None else opts.max_diff, min_same_set=opts.min_same_set)
 
 
 def build_artefact(opts: ExportOptions) -> tuple[Path, ParityReport]:

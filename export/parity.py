@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.artefact import MAX_SCORE_DIFF, MIN_IDENTICAL
+from export.artefact import MAX_SCORE_DIFF, MIN_IDENTICAL, MIN_SAME_SET
 from export.scorer import Scorer
 from model.data import Cases
 from model.graphs import SessionGraphs, build_history_graphs, build_session_graphs
@@ -36,6 +36,7 @@ class ParityReport:
         with_history: cases scored with a (borrowed) history graph; the rest had none.
         provider: the onnxruntime execution provider that scored (the PyTorch side is always CPU float32).
         fp16: whether the scorer ran its item product in half precision.
+        int8: whether the scorer ran its item product in int8 (``export.precision``).
     """
 
     source: str
@@ -52,20 +53,25 @@ class ParityReport:
     max_allowed_diff: float = MAX_SCORE_DIFF
     provider: str = "CPUExecutionProvider"
     fp16: bool = False
+    min_same_set: float = MIN_SAME_SET
+    int8: bool = False
 
     @property
     def passed(self) -> bool:
-        return self.identical >= self.min_identical and self.max_score_diff <= self.max_allowed_diff
+        return (self.identical >= self.min_identical and self.same_set >= self.min_same_set
+                and self.max_score_diff <= self.max_allowed_diff)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
-        runtime = self.provider.removesuffix("ExecutionProvider") + (" fp16" if self.fp16 else "")
+        runtime = self.provider.removesuffix("ExecutionProvider") + (" fp16" if self.fp16 else "") + (
+            " int8" if self.int8 else "")
         return (f"parity {verdict} ({runtime}) on {self.cases} {self.source} cases: top-{self.k} identical "
                 f"{100 * self.identical:.3f}% (need >= {100 * self.min_identical:.1f}%), same set "
-                f"{100 * self.same_set:.3f}%, max |score diff| {self.max_score_diff:.2e} (need <= "
+                f"{100 * self.same_set:.3f}% (need >= {100 * self.min_same_set:.1f}%), max |score diff| "
+                f"{self.max_score_diff:.2e} (need <= "
                 f"{self.max_allowed_diff:.0e}), max |item score diff| {self.max_item_score_diff:.2e}; "
                 f"{self.with_history} cases with history; torch {self.torch_seconds:.1f}s, "
                 f"onnxruntime {self.onnx_seconds:.1f}s")
@@ -91,7 +97,7 @@ def sample_cases(cases: Cases, n: int | None, seed: int = 0) -> Cases:
 
 def check_parity(net: nn.Module, scorer: Scorer, cases: Cases, *, source: str = "test", batch_size: int = 256,
                  max_len: int = 50, binary: bool = False, min_identical: float = MIN_IDENTICAL,
-                 max_diff: float = MAX_SCORE_DIFF, seed: int = 0) -> ParityReport:
+                 max_diff: float = MAX_SCORE_DIFF, min_same_set: float = MIN_SAME_SET, seed: int = 0) -> ParityReport:
     """Score every case prefix with both ``net`` (PyTorch) and ``scorer`` (onnxruntime) and compare top-K.
 
     ``scorer`` should be built with ``history=True`` so the history inputs are compared as well.
@@ -132,4 +138,4 @@ def check_parity(net: nn.Module, scorer: Scorer, cases: Cases, *, source: str = 
                         max_score_diff=max_diff_seen, max_item_score_diff=max_item_diff,
                         with_history=with_history, torch_seconds=t_torch, onnx_seconds=t_onnx,
                         min_identical=min_identical, max_allowed_diff=max_diff, provider=scorer.providers[0],
-                        fp16=scorer.fp16)
+                        fp16=scorer.fp16, min_same_set=min_same_set, int8=scorer.int8)

@@ -497,12 +497,13 @@ class IGRec(nn.Module):
         the logits (with the prior, if any)."""
         return torch.log_softmax(self.logits(session, self._prior(items, alias, mask)), -1)
 
-    def _repeat_mixture(self, explore, node_h, items, alias, mask, session, last_emb):
+    def _repeat_mixture(self, session_explore, node_h, items, alias, mask, session, last_emb):
         """(log p(explore) [B, 1], mixed log-probabilities of the session's own items [B, N], padding NEG):
-        a session item's probability is p(explore) * p_explore(item) + p(repeat) * p_repeat(item)."""
+        a session item's probability is p(explore) * p_explore(item) + p(repeat) * p_repeat(item), where
+        ``session_explore`` [B, N] holds p_explore of each session node's item (any value for padding)."""
         node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
         log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
-        mixed = _logaddexp(torch.gather(explore, 1, (items - 1).clamp(min=0)) + log_explore, node_logp + log_repeat)
+        mixed = _logaddexp(session_explore + log_explore, node_logp + log_repeat)
         return log_explore, mixed.masked_fill(items == 0, NEG)
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
@@ -511,10 +512,12 @@ class IGRec(nn.Module):
         padded = F.pad(explore, (1, 0), value=NEG)
         if not self.config.use_repeat:
             return padded
-        log_explore, mixed = self._repeat_mixture(explore, node_h, items, alias, mask, session, last_emb)
+        session_explore = torch.gather(explore, 1, (items - 1).clamp(min=0))
+        log_explore, mixed = self._repeat_mixture(session_explore, node_h, items, alias, mask, session, last_emb)
         return (padded + log_explore).scatter_(1, items, mixed)
 
-    def top_k(self, k: int, items, alias, adj, mask, hist_items=None, hist_adj=None):
+    def top_k(self, k: int, items, alias, adj, mask, hist_items=None, hist_adj=None,
+              candidates: int | None = None):
         """(item ids int64 [B, k], log-probabilities [B, k]) = ``torch.topk(forward(...), k)`` up to the
         order of exact ties, without materialising the mixed ``[B, n_items + 1]`` log-probabilities: what
         the ONNX artefact computes.
@@ -522,21 +525,59 @@ class IGRec(nn.Module):
         Outside the session an item's log-probability is its explore log-probability plus
         ``log p(explore)``, the same shift for every item of a row; a session item's repeat mixture is at
         least that. So the top-K lies among the top-K explore items and the session's own items: one
-        log-softmax and one TopK over ``[B, V]``, and the repeat mixture for the session items only.
-        (onnxruntime's LogSoftmax is a fused kernel; a separate ReduceLogSumExp over ``[B, V]`` measured
-        5x slower.)
+        product and one TopK over ``[B, V]``, and the repeat mixture for the session items only.
+
+        The ``[B, V]`` product only ranks and normalises: the top ``candidates`` columns (at least k) and the
+        session's own items are scored again exactly (their table rows times the query, plus the prior), and
+        the top-K is taken from those. In float32 this changes nothing (a few ulps); it lets a cheaper,
+        approximate product stand in for the big one (the int8 scorer, :mod:`export.quantize`) without
+        changing the top-K whenever the exact top-K is among its top ``candidates``. The log-normaliser
+        comes from onnxruntime's fused LogSoftmax over the full logits (a separate ReduceLogSumExp over
+        ``[B, V]`` measured 5x slower).
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = self._explore(session, items, alias, mask)
-        top_explore, top_columns = torch.topk(explore, k, dim=-1)
-        top_items = top_columns + 1
+        query, table = self._score_inputs(session, self.item_encoder.table()[1:])
+        prior = self._prior(items, alias, mask)
+        logits = _product(query, table, self.training)
+        if prior is not None:
+            ids, bias = prior
+            logits = logits.scatter_add(1, (ids - 1).clamp(min=0), bias.to(logits.dtype))
+        columns = torch.topk(logits, min(max(k, candidates or k), self.config.n_items), dim=-1).indices
+        exact = _logits_at(query, table, prior, columns)
+        log_norm = _log_normaliser(logits, columns, exact)
+        top_explore, order = torch.topk(exact - log_norm, k, dim=-1)
+        top_items = torch.gather(columns, 1, order) + 1
         if not self.config.use_repeat:
             return top_items, top_explore
-        log_explore, mixed = self._repeat_mixture(explore, node_h, items, alias, mask, session, last_emb)
+        session_explore = _logits_at(query, table, prior, (items - 1).clamp(min=0)) - log_norm
+        log_explore, mixed = self._repeat_mixture(session_explore, node_h, items, alias, mask, session, last_emb)
         in_session = (top_items[:, :, None] == items[:, None, :]).any(-1)
-        candidates = (top_explore + log_explore).masked_fill(in_session, NEG)
-        scores, where = torch.topk(torch.cat([candidates, mixed], 1), k, dim=-1)
+        candidates_mixed = (top_explore + log_explore).masked_fill(in_session, NEG)
+        scores, where = torch.topk(torch.cat([candidates_mixed, mixed], 1), k, dim=-1)
         return torch.gather(torch.cat([top_items, items], 1), 1, where), scores
+
+
+def _log_normaliser(logits: torch.Tensor, columns: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """log sum_j exp(logit_j) [B, 1] of ``logits`` [B, V], with the terms of ``columns`` [B, M] taken from
+    ``exact`` [B, M] instead: where ``logits`` is approximate, the largest terms (the top candidates) are
+    then exact, and the normaliser's error is only the tail's. Equal to logsumexp(logits) when exact."""
+    log_norm = logits[:, :1] - torch.log_softmax(logits, -1)[:, :1]
+    shares = torch.exp(exact - log_norm).sum(-1, keepdim=True) - torch.exp(
+        torch.gather(logits, 1, columns) - log_norm).sum(-1, keepdim=True)
+    return log_norm + torch.log1p(shares)
+
+
+def _logits_at(query: torch.Tensor, table: torch.Tensor, prior: tuple[torch.Tensor, torch.Tensor] | None,
+               columns: torch.Tensor) -> torch.Tensor:
+    """Explore logits [B, M] at ``columns`` [B, M] (column j is item j + 1), computed directly: query [B, D]
+    . table [V, D] rows, plus the co-occurrence prior (ids [B, P], bias [B, P]; id 0 = padding) where given."""
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        dots = torch.matmul(table.float()[columns], query.float()[:, :, None]).squeeze(-1)
+    if prior is None:
+        return dots
+    ids, bias = prior
+    hits = (columns[:, :, None] == (ids - 1)[:, None, :]) & (ids > 0)[:, None, :]
+    return dots + torch.matmul(hits.to(dots.dtype), bias.to(dots.dtype)[:, :, None]).squeeze(-1)
 
 
 class GRU4Rec(nn.Module):

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=1,
                         help="onnxruntime intra-op threads on the CPU (default 1: the event loop needs a core of its "
                              "own; on 2 cores, 2 threads cut the sustained rate, see docs/results.md)")
+    precision = worker.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="score the item product in float16 (GPU providers)")
+    precision.add_argument("--int8", action="store_true",
+                           help="score the item product in int8 on the CPU and its top 64 candidates again in "
+                                "float32: the float32 top-K set bar near-ties, for less scorer CPU (figures in "
+                                "docs/results.md; check a model with `igrec parity --int8`)")
     worker.add_argument("--scorer-nice", type=int, default=-10,
                         help="added to the scorer process's nice value (negative: higher priority, needs "
                              "CAP_SYS_NICE, else ignored; 0: leave it)")
@@ -263,6 +269,8 @@ def _worker(args: argparse.Namespace) -> int:
         policy=SessionPolicy(gap_s=60.0 * args.session_gap_min),
         providers=args.providers,
         threads=args.threads,
+        fp16=args.fp16,
+        int8=args.int8,
         metrics_port=args.metrics_port or None,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         scorer_nice=args.scorer_nice,

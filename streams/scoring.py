@@ -292,18 +292,19 @@ class ScorerProcess:
     that cannot start); a failure while scoring is raised by the call, with the child's traceback.
 
     Args:
-        artefact, providers, threads: as for ``export.scorer.Scorer``.
+        artefact, providers, threads, fp16, int8: as for ``export.scorer.Scorer``.
         nice: added to the child's nice value (see :func:`renice_thread`).
     """
 
-    def __init__(self, artefact: str | Path, *, providers: str = "auto", threads: int | None = 1, nice: int = 0):
+    def __init__(self, artefact: str | Path, *, providers: str = "auto", threads: int | None = 1, nice: int = 0,
+                 fp16: bool = False, int8: bool = False):
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[1])
         env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         with theirs:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "streams.scoring", str(theirs.fileno()), str(artefact), providers,
-                 str(threads or 0), str(nice)],
+                 str(threads or 0), str(nice), "fp16" if fp16 else "int8" if int8 else "float32"],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         self._conn = Connection(ours.detach())
         self._lock = threading.Lock()
@@ -353,7 +354,8 @@ class ScorerProcess:
         return self._process.poll() is None
 
 
-def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int | None, nice: int) -> None:
+def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int | None, nice: int,
+                  precision: str) -> None:
     """The child's loop: load the scorer, say which providers it uses, then answer each request until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the worker decides
     prepare_thread(SCORER_PROCESS, nice)
@@ -361,7 +363,8 @@ def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int 
         from export.artefact import ArtefactError
         from export.scorer import Scorer
 
-        scorer = Scorer(artefact, providers=providers, threads=threads, spin=False)
+        scorer = Scorer(artefact, providers=providers, threads=threads, spin=False, fp16=precision == "fp16",
+                        int8=precision == "int8")
     except ArtefactError as refused:
         conn.send(("refused", str(refused)))
         return
@@ -387,6 +390,7 @@ def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int 
             return
 
 
-if __name__ == "__main__":  # the child of ScorerProcess: FD ARTEFACT PROVIDERS THREADS NICE
-    fd, artefact_arg, providers_arg, threads_arg, nice_arg = sys.argv[1:6]
-    _serve_scorer(Connection(int(fd)), artefact_arg, providers_arg, int(threads_arg) or None, int(nice_arg))
+if __name__ == "__main__":  # the child of ScorerProcess: FD ARTEFACT PROVIDERS THREADS NICE PRECISION
+    fd, artefact_arg, providers_arg, threads_arg, nice_arg, precision_arg = sys.argv[1:7]
+    _serve_scorer(Connection(int(fd)), artefact_arg, providers_arg, int(threads_arg) or None, int(nice_arg),
+                  precision_arg)

@@ -91,6 +91,10 @@ class WorkerConfig:
     policy: SessionPolicy = field(default_factory=SessionPolicy)
     providers: str = "auto"
     threads: int | None = 1
+    fp16: bool = False
+    """The item product in float16 on a GPU provider (see ``export.scorer.Scorer``)."""
+    int8: bool = False
+    """The item product in int8 on the CPU, its top candidates scored again exactly (``export.precision``)."""
     metrics_port: int | None = 9108
     data_dir: Path | None = None
     session_timeout_s: float = 10.0
@@ -153,7 +157,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     card = read_card(config.artefact)  # verified by the scorer process, which refuses a damaged artefact
     model_version = str(card.get("model_version") or card.get("created", "unknown"))
     scorer = ScorerProcess(config.artefact, providers=config.providers, threads=config.threads,
-                           nice=config.scorer_nice)
+                           nice=config.scorer_nice, fp16=config.fp16, int8=config.int8)
     interest_items_sent: set[str] = set()
 
     def dead_letter(out: Outbox, message: Any, error: Refusal, value: bytes | None = None) -> None:
@@ -371,7 +375,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     async def announce() -> None:
         log.info("worker started", extra={"fields": {
             "app_id": config.app_id, "artefact": str(config.artefact), "model_version": model_version,
-            "providers": scorer.providers, "batch_max": config.batch_max, "batch_wait_ms": config.batch_wait_ms}})
+            "providers": scorer.providers, "fp16": config.fp16, "int8": config.int8,
+            "batch_max": config.batch_max, "batch_wait_ms": config.batch_wait_ms}})
 
     @app.timer(interval=STATS_INTERVAL_S)
     async def report_lag() -> None:

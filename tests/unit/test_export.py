@@ -15,6 +15,8 @@ onnx = pytest.importorskip("onnx")
 
 from export.artefact import (  # noqa: E402
     CARD_FILE,
+    INT8_MAX_SCORE_DIFF,
+    INT8_MIN_IDENTICAL,
     INTERESTS_FILE,
     ITEMS_FILE,
     MODEL_FILE,
@@ -248,3 +250,19 @@ def test_parity_command_refuses_another_checkpoint_and_misses_loudly(exported, t
         export_main(["parity", str(art), "--data", str(data), "--provider", "cpu", "--cases", "50",
                      "--min-identical", "1.01"])
     assert exit_info.value.code == 2 and "parity FAILED (CPU)" in capsys.readouterr().out
+
+
+def test_parity_command_holds_int8_to_its_own_bars(exported, tmp_path, capsys):
+    """igrec parity --int8 (here with the co-occurrence prior, whose scatter the int8 product feeds): the
+    int8 bars unless overridden, the float32 top-K sets, the report says int8."""
+    _, art, data = exported
+    export_main(["parity", str(art), "--provider", "cpu", "--data", str(data), "--cases", "150", "--int8",
+                 "--json", str(tmp_path / "parity.json")])
+    assert "parity PASSED (CPU int8) on 150 test cases" in capsys.readouterr().out
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["int8"] and report["min_identical"] == INT8_MIN_IDENTICAL
+    assert report["max_allowed_diff"] == INT8_MAX_SCORE_DIFF and report["same_set"] == 1.0
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["parity", str(art), "--provider", "cpu", "--data", str(data), "--cases", "150", "--int8",
+                     "--max-diff", "1e-9"])
+    assert exit_info.value.code == 2 and "parity FAILED (CPU int8)" in capsys.readouterr().out

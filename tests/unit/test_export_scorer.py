@@ -220,22 +220,73 @@ def test_buckets_give_the_unbucketed_results(artefact):
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
 
 
+def _random_graphs(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    return build_session_graphs([rng.integers(1, N_ITEMS + 1, rng.integers(1, 12)).tolist() for _ in range(n)])
+
+
 def test_fp16_rewrite_is_a_valid_graph_close_to_float32(artefact):
-    """The CUDA fp16 variant (item-scoring product in float16) checked on the CPU provider, which also
-    runs float16 MatMul: valid graph, same inputs/outputs, scores within float16 rounding."""
+    """The CUDA fp16 variant checked on the CPU provider, which also runs float16 MatMul: valid graph, same
+    inputs/outputs, the same top-K set as float32 (its candidates are scored again in float32)."""
     import onnxruntime as ort
 
-    from export.scorer import _fp16_model
+    from export.precision import fp16_model
 
     scorer = Scorer(artefact, providers="cpu", bucket=False)
-    session = ort.InferenceSession(_fp16_model(artefact / MODEL_FILE, N_ITEMS), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(5)
-    graphs = build_session_graphs([rng.integers(1, N_ITEMS + 1, rng.integers(1, 12)).tolist() for _ in range(40)])
+    session = ort.InferenceSession(fp16_model(artefact / MODEL_FILE, N_ITEMS), providers=["CPUExecutionProvider"])
+    graphs = _random_graphs(5, 40)
     items, scores = session.run(None, scorer._feeds(graphs, None))
     ref_items, ref_scores = scorer.recommend(graphs)
     assert items.dtype == np.int64 and scores.dtype == np.float32
     np.testing.assert_allclose(scores, ref_scores, atol=2e-2)
-    assert (items[:, :5] == ref_items[:, :5]).mean() > 0.9
+    assert (np.sort(items, 1) == np.sort(ref_items, 1)).all(1).mean() >= 0.95
+
+
+def test_int8_scorer_returns_the_float32_top_k_set_and_close_scores(artefact):
+    """int8 item product, exact re-scoring of its top candidates: the float32 top-K set, scores off only
+    by the normaliser's tail."""
+    graphs = _random_graphs(6, 300)
+    int8 = Scorer(artefact, providers="cpu", int8=True)
+    items, scores = int8.recommend(graphs)
+    ref_items, ref_scores = Scorer(artefact, providers="cpu").recommend(graphs)
+    assert int8.int8 and items.dtype == np.int64 and scores.dtype == np.float32
+    assert (np.sort(items, 1) == np.sort(ref_items, 1)).all(1).mean() >= 0.99
+    assert (items == ref_items).all(1).mean() >= 0.95
+    np.testing.assert_allclose(scores, ref_scores, atol=2e-2)
+
+
+def test_int8_answer_does_not_depend_on_the_batch(artefact):
+    """Each row is quantised with its own scale, so a session's answer is the same alone or in any batch
+    (the worker's answers must equal the offline scorer's, whatever the micro-batches were)."""
+    graphs = _random_graphs(7, 24)
+    scorer = Scorer(artefact, providers="cpu", int8=True, bucket=False)
+    items, scores = scorer.recommend(graphs)
+    for row in (0, 5, 23):
+        alone = trim_graphs(graphs, np.array([row]))
+        one_items, one_scores = scorer.recommend(alone)
+        np.testing.assert_array_equal(one_items[0], items[row])
+        np.testing.assert_allclose(one_scores[0], scores[row], rtol=0, atol=1e-6)
+
+
+def test_int8_refuses_a_graph_without_exact_rescoring(tmp_path):
+    """A graph whose TopK reads log-probabilities of the full product (an older export, or a network without
+    IGRec.top_k) would rank with the int8 product alone: refused with the reason."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from export.precision import int8_model
+
+    table = np.random.default_rng(8).standard_normal((4, N_ITEMS)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["q", "table"], ["logits"]), helper.make_node("LogSoftmax", ["logits"], ["logp"]),
+         helper.make_node("TopK", ["logp", "k"], ["scores", "items"])],
+        "old", [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", 5]),
+         helper.make_tensor_value_info("items", TensorProto.INT64, ["B", 5])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([5], np.int64), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    save(model, tmp_path / "old.onnx")
+    with pytest.raises(ArtefactError, match="no exact re-scoring"):
+        int8_model(tmp_path / "old.onnx", N_ITEMS)
 
 
 def _prefixes(scorer: Scorer, seed: int, n: int):
@@ -252,17 +303,21 @@ def _prefixes(scorer: Scorer, seed: int, n: int):
     return prefixes
 
 
-def test_the_worker_scorer_process_answers_as_the_scorer_in_this_process(artefact):
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_the_worker_scorer_process_answers_as_the_scorer_in_this_process(artefact, int8):
     """streams.scoring.ScorerProcess (the worker's scorer, in a child process) gives exactly what score_batch
-    gives with a Scorer here: same top-K, scores, interests."""
+    gives with a Scorer here, with the same precision: same top-K, scores, interests."""
     from streams.scoring import ScorerProcess, score_batch
 
-    local = Scorer(artefact, providers="cpu", threads=1, spin=False)
+    local = Scorer(artefact, providers="cpu", threads=1, spin=False, int8=int8)
     prefixes = _prefixes(local, seed=6, n=40)
-    remote = ScorerProcess(artefact, providers="cpu", threads=1)
+    remote = ScorerProcess(artefact, providers="cpu", threads=1, int8=int8)
     try:
         assert remote.providers == [CPU]
-        assert remote(prefixes) == score_batch(local, prefixes)
+        answers = remote(prefixes)
+        assert answers == score_batch(local, prefixes)
+        if int8:
+            assert answers != score_batch(Scorer(artefact, providers="cpu", threads=1, spin=False), prefixes)
         assert remote([]) == []
     finally:
         remote.close()
