@@ -11,7 +11,8 @@ cases whose top-20 lists differ from PyTorch's (same batch).
 
 On a GPU (``--provider cuda``) PyTorch runs on the GPU too, both in full float32 (TF32 off on both
 sides), each call starting from the numpy graphs on the host and ending with the top-K lists back on it;
-batch 4096 is added, and ``--fp16`` adds onnxruntime with the item product in float16.
+batch 4096 is added, and ``--fp16`` adds onnxruntime with the item product in float16. On the CPU ``--int8``
+adds onnxruntime with the int8 item product (:mod:`export.precision`; the worker's ``--int8``).
 
 The model is a checkpoint (``--checkpoint``) or, without one, a Diginetica-sized IGRec with seeded random
 weights (43,097 items, the default config, the global graph built from the real training sessions):
@@ -19,6 +20,7 @@ inference cost does not depend on the weights. Usage:
 
     python bench/bench_scorer.py [--checkpoint runs/dig_igrec/best.pt] [--threads 2] [--json out.json]
     python bench/bench_scorer.py --provider cuda [--fp16] ...
+    python bench/bench_scorer.py --int8 ...
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ BASELINE = {
     "onnxruntime + buckets": "torch + buckets",
     "onnxruntime fp16": "torch",
     "onnxruntime fp16 + buckets": "torch + buckets",
+    "onnxruntime int8": "torch",
+    "onnxruntime int8 + buckets": "torch + buckets",
 }
 """The PyTorch row each runtime's ratio is taken against: the same batching, so the ratio is the runtime's."""
 
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                         help="onnxruntime execution provider; with a GPU one, PyTorch runs on the GPU too")
     parser.add_argument("--fp16", action="store_true", help="add onnxruntime with the float16 item product (GPU)")
+    parser.add_argument("--int8", action="store_true", help="add onnxruntime with the int8 item product (CPU)")
     parser.add_argument("--batches", help="comma-separated batch sizes (default: 1,32,256; on a GPU also 4096)")
     parser.add_argument("--iterations", type=float, default=1.0, help="multiplier of the per-batch run counts")
     parser.add_argument("--spin", action="store_true", help="let onnxruntime threads spin between runs")
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     gpu = args.provider != "cpu"
     if args.fp16 and not gpu:
         parser.error("--fp16 needs a GPU provider (--provider cuda or tensorrt)")
+    if args.int8 and gpu:
+        parser.error("--int8 is for the CPU provider")
     device = "cuda" if gpu else "cpu"
     batches = args.batches or ("1,32,256,4096" if gpu else "1,32,256")
     torch.set_num_threads(args.threads)
@@ -221,9 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         net = net.to(device)
         top = max(int(b) for b in batches.split(","))
 
-        def scorer(bucket: bool, fp16: bool = False) -> Scorer:
+        def scorer(bucket: bool, fp16: bool = False, int8: bool = False) -> Scorer:
             return Scorer(artefact, providers=args.provider, threads=args.threads, spin=args.spin, bucket=bucket,
-                          fp16=fp16, max_batch=top)
+                          fp16=fp16, int8=int8, max_batch=top)
 
         plain, bucketed = scorer(False), scorer(True)
         runners = {
@@ -236,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
             half, half_bucketed = scorer(False, fp16=True), scorer(True, fp16=True)
             runners["onnxruntime fp16"] = lambda g: half.recommend(g)[0]
             runners["onnxruntime fp16 + buckets"] = lambda g: half_bucketed.recommend(g)[0]
+        if args.int8:
+            quarter, quarter_bucketed = scorer(False, int8=True), scorer(True, int8=True)
+            runners["onnxruntime int8"] = lambda g: quarter.recommend(g)[0]
+            runners["onnxruntime int8 + buckets"] = lambda g: quarter_bucketed.recommend(g)[0]
         graphs = plain.card["graphs"]
         where = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}"
         print(

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("artefact_a")
     ab.add_argument("artefact_b")
     ab.add_argument("--plot", default="ab.png", help="PNG to draw (default ab.png)")
+    ab.add_argument("--int8", choices=["a", "b", "both"],
+                    help="score A, B or both with the int8 item product (the worker's --int8); the same artefact "
+                         "as A and B with --int8 b measures what int8 changes")
     ab.set_defaults(func=_ab)
 
     sink = commands.add_parser(
@@ -370,7 +373,8 @@ def _ab(args: argparse.Namespace) -> int:
 
     from streams.evaluate_stream import ab_test
 
-    result = asyncio.run(ab_test(args.settings, Path(args.artefact_a), Path(args.artefact_b), Path(args.plot)))
+    int8 = (args.int8 in ("a", "both"), args.int8 in ("b", "both"))
+    result = asyncio.run(ab_test(args.settings, Path(args.artefact_a), Path(args.artefact_b), Path(args.plot), int8))
     print(f"{'metric':<10} {'A':>8} {'B':>8} {'B - A':>8}")
     for name, diff in result["B-A"].items():
         print(f"{name:<10} {result['A'][name]:>8.2f} {result['B'][name]:>8.2f} {diff:>+8.2f}")

@@ -118,14 +118,16 @@ async def stream_metrics(settings: Settings, run: str | None = None) -> dict[str
     return case_metrics(join_cases(valid, recs, run))
 
 
-def rescore(events: list[tuple[int, int, bytes | None, bytes]], artefact: Path, batch: int = 256) -> list[dict]:
-    """Recommendations for recorded raw events, through the worker's validation, state and scoring code."""
+def rescore(events: list[tuple[int, int, bytes | None, bytes]], artefact: Path, batch: int = 256,
+            int8: bool = False) -> list[dict]:
+    """Recommendations for recorded raw events, through the worker's validation, state and scoring code
+    (``int8``: the worker's ``--int8`` scorer)."""
     from export.scorer import Scorer
     from streams.scoring import score_batch
     from streams.state import OversizedSession, SessionPolicy, apply_event
     from streams.validate import EventError, parse_event
 
-    scorer = Scorer(artefact)
+    scorer = Scorer(artefact, int8=int8)
     states: dict[str, dict] = {}
     policy = SessionPolicy()
     steps, meta = [], []
@@ -156,20 +158,23 @@ def rescore(events: list[tuple[int, int, bytes | None, bytes]], artefact: Path, 
     return out
 
 
-async def ab_test(settings: Settings, artefact_a: Path, artefact_b: Path, plot: Path | None = None) -> dict:
-    """Score the recorded events topic with two artefacts; returns both metric sets and B - A."""
+async def ab_test(settings: Settings, artefact_a: Path, artefact_b: Path, plot: Path | None = None,
+                  int8: tuple[bool, bool] = (False, False)) -> dict:
+    """Score the recorded events topic with two artefacts (``int8``: whether A, B use the int8 scorer; the
+    same artefact twice compares float32 with int8); returns both metric sets and B - A."""
     raw = await read_topic(settings, settings.topic_events, "read events")
     valid = [e for e in _objects(raw) if "event_id" in e and "item_id" in e]
     result = {}
-    for name, artefact in (("A", artefact_a), ("B", artefact_b)):
-        result[name] = case_metrics(join_cases(valid, rescore(raw, artefact)))
+    for name, artefact, quantised in (("A", artefact_a, int8[0]), ("B", artefact_b, int8[1])):
+        result[name] = case_metrics(join_cases(valid, rescore(raw, artefact, int8=quantised)))
     result["B-A"] = {key: result["B"][key] - result["A"][key] for key in result["A"] if key != "cases"}
     if plot is not None:
-        draw_ab(result, artefact_a, artefact_b, plot)
+        labels = [f"{a.name} (int8)" if q else a.name for a, q in zip((artefact_a, artefact_b), int8, strict=True)]
+        draw_ab(result, *labels, plot)
     return result
 
 
-def draw_ab(result: dict, artefact_a: Path, artefact_b: Path, path: Path) -> None:
+def draw_ab(result: dict, label_a: str, label_b: str, path: Path) -> None:
     """Grouped bars of every metric for A and B, with the difference printed above each pair."""
     import matplotlib
 
@@ -179,8 +184,8 @@ def draw_ab(result: dict, artefact_a: Path, artefact_b: Path, path: Path) -> Non
     names = [key for key in result["A"] if key != "cases"]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
-    ax.bar(x - 0.2, [result["A"][n] for n in names], 0.4, label=f"A: {artefact_a.name}")
-    ax.bar(x + 0.2, [result["B"][n] for n in names], 0.4, label=f"B: {artefact_b.name}")
+    ax.bar(x - 0.2, [result["A"][n] for n in names], 0.4, label=f"A: {label_a}")
+    ax.bar(x + 0.2, [result["B"][n] for n in names], 0.4, label=f"B: {label_b}")
     for i, n in enumerate(names):
         top = max(result["A"][n], result["B"][n])
         ax.text(i, top + 0.5, f"{result['B-A'][n]:+.2f}", ha="center", fontsize=8)

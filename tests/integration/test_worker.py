@@ -177,6 +177,9 @@ def test_each_recommendation_equals_the_offline_scorer(iso: Settings, artefact: 
     ab = asyncio.run(ab_test(iso, artefact, artefact, plot))
     assert ab["A"] == ab["B"] == streamed, "re-scoring the recorded events reproduces what the worker served"
     assert all(diff == 0 for diff in ab["B-A"].values()) and plot.stat().st_size > 10_000
+    int8 = asyncio.run(ab_test(iso, artefact, artefact, None, int8=(False, True)))
+    assert int8["A"] == streamed and int8["B"]["cases"] == streamed["cases"]
+    assert all(abs(diff) <= 1.0 for diff in int8["B-A"].values()), f"int8 moved a metric: {int8['B-A']}"
 
 
 def restart_answers_everything(iso: Settings, artefact: Path, scorer, tmp_path: Path, run: str, skip: int,

@@ -197,3 +197,19 @@ def test_objects_alive_when_the_agent_starts_are_out_of_the_collectors_sight() -
 
 def _sample(metric, name: str, **labels: str) -> float:
     return next((s.value for m in metric.collect() for s in m.samples if s.name == name and s.labels == labels), 0.0)
+
+
+def test_worker_command_passes_the_scorer_precision(monkeypatch):
+    """`igrec worker --int8` / `--fp16` reach WorkerConfig (which hands them to the scorer process); both at
+    once is a usage error."""
+    import streams.worker
+    from streams.cli import main
+
+    seen = []
+    monkeypatch.setattr(streams.worker, "run_worker", lambda settings, config, **kw: seen.append(config))
+    assert main(["worker", "--artefact", "art", "--int8"]) == 0
+    assert main(["worker", "--artefact", "art"]) == 0
+    assert [(c.int8, c.fp16) for c in seen] == [(True, False), (False, False)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["worker", "--artefact", "art", "--int8", "--fp16"])
+    assert exit_info.value.code == 2
