@@ -93,7 +93,10 @@ class DeadLetter(_Record):
     """``igrec.events.dlq`` and ``igrec.kg.triples.dlq``: an input that was refused, with the reason, its rule
     (``code``, e.g. ``not_json``, ``ts_too_old``; README "Dead letters" lists them) and where it came from; or
     a user's stored state that the worker could not read (code ``user_state_unreadable``, ``value`` the state,
-    the source that user's event which met it, and was then applied to a fresh state)."""
+    the source that user's event which met it, and was then applied to a fresh state); or a message or stored
+    count of the worker's NEXT counter that it could not read (codes ``transitions_unreadable``,
+    ``next_count_unreadable``; the source the worker's transitions topic, ``value`` the message or the one
+    transition not counted)."""
 
     schema_version: int
     reason: str

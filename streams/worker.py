@@ -48,6 +48,14 @@ from mode.utils.times import want_seconds
 
 from streams import faust_fixes, metrics
 from streams.changelog import OutboxTable
+from streams.next_counts import (
+    UnreadableCount,
+    UnreadableTransitions,
+    counted,
+    read_count,
+    transition_bundle,
+    transition_key,
+)
 from streams.outbox import Outbox, kafka_producer
 from streams.records import SCHEMA_VERSION, EnrichedEvent, Event, Recommendation, Refusal, dead_letter_message
 from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stopped
@@ -153,7 +161,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         partitions=partitions,
         internal=True,
     )
-    next_counts = cast(OutboxTable, app.Table("next-counts", partitions=partitions, key_type=bytes))
+    next_counts = cast(OutboxTable, app.Table("next-counts", partitions=partitions, key_type=bytes, value_type=bytes))
     card = read_card(config.artefact)  # verified by the scorer process, which refuses a damaged artefact
     model_version = str(card.get("model_version") or card.get("created", "unknown"))
     scorer = ScorerProcess(config.artefact, providers=config.providers, threads=config.threads,
@@ -334,21 +342,38 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     async def count_transitions(stream: faust.StreamT) -> None:
         """Global NEXT counts, one pair per key, so each count lives on one worker. A transition counts once:
         per source partition the pair keeps the highest source offset it has counted, and a user's events
-        (hence their transitions) arrive in offset order, so a re-delivered transition is recognised."""
+        (hence their transitions) arrive in offset order, so a re-delivered transition is recognised. A
+        message or a stored count it cannot read is dead-lettered (see :mod:`streams.next_counts`)."""
         out = await open_outbox()
         next_counts.write_through(out)
         hold_messages(stream)
         async for faust_event in stream.events():
-            for transition in transition_bundle(faust_event.value):
+            message = faust_event.message
+            try:
+                bundle = transition_bundle(faust_event.value)
+            except UnreadableTransitions as error:
+                dead_letter(out, message, error)
+                log.error("transitions message unreadable: dead-lettered", extra={"fields": {
+                    "partition": message.partition, "offset": message.offset, "error": str(error)}})
+                bundle = []
+            for transition in bundle:
                 key = transition_key(transition["head"], transition["tail"])
-                state = next_counts.get(key) or {"count": 0, "hw": {}}
-                source = str(transition["p"])
-                if transition["o"] > state["hw"].get(source, -1):
-                    state = {"count": state["count"] + 1, "hw": {**state["hw"], source: transition["o"]}}
-                    next_counts[key] = state
+                try:
+                    state = read_count(next_counts.get(key))
+                except UnreadableCount as error:
+                    dead_letter(out, message, UnreadableCount(f"{key.decode()}: {error}; this transition (source "
+                                                              f"{transition['p']}/{transition['o']}) not counted"),
+                                value=orjson.dumps(transition))
+                    log.error("stored NEXT count unreadable: transition dead-lettered", extra={"fields": {
+                        "pair": key.decode(), "error": str(error)}})
+                    continue
+                new = counted(state, transition)
+                if new is not None:
+                    state = new
+                    next_counts[key] = orjson.dumps(state)
                 fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
                 out.add(settings.topic_triples, key, fact.to_json())
-            release_when_delivered([await out.send()], [faust_event.message])
+            release_when_delivered([await out.send()], [message])
 
     def release_when_delivered(deliveries: list[asyncio.Future], messages: list[Any]) -> None:
         """Release ``messages`` (their events are handled) once all of ``deliveries`` (:meth:`Outbox.send`)
@@ -575,18 +600,6 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
             facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
                       for m, w in enumerate(item_interests)]
     return [fact.to_json() for fact in facts]
-
-
-def transition_key(head: str, tail: str) -> bytes:
-    """The key of an item -> item pair in the transitions topic and the ``next-counts`` Table."""
-    return f"{head}>{tail}".encode()
-
-
-def transition_bundle(raw: bytes) -> list[dict]:
-    """The transitions of one transitions-topic message: a list (one message per partition and micro-batch),
-    or a single object (written by workers before the lists; read so that an upgrade loses none)."""
-    value = orjson.loads(raw)
-    return value if isinstance(value, list) else [value]
 
 
 def internal_topics(app: faust.App) -> tuple[list[str], dict[str, dict[str, str]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -318,29 +319,46 @@ def test_ten_thousand_fuzzed_events_all_reach_the_dlq(iso: Settings, artefact: P
     assert set(recs) == {e["event_id"] for e in good}, "the worker must keep serving after bad input"
 
 
-def test_an_agent_crash_stops_the_worker_and_leaves_its_message_uncommitted(iso: Settings, artefact: Path,
-                                                                            tmp_path) -> None:
-    """faust restarts a crashed agent and runs on, so a worker whose NEXT counter failed on every message would
-    answer but count nothing. A message the counter cannot read (only workers write its topic: this stands in
-    for such a bug) crashes it: the worker stops (exit status 1), its log says why, and the message's offset
-    stays uncommitted, for a restart to read again (faust itself acknowledges the event a crashed agent was
-    on)."""
+def test_unreadable_transitions_and_next_counts_are_dead_lettered_and_counting_goes_on(
+        iso: Settings, artefact: Path, tmp_path) -> None:
+    """Only workers write the NEXT counter's topic and state, but a message or a stored count it cannot read
+    (another version's layout, a damaged changelog) once crashed the counting agent at every restart. Now a
+    transitions message that is not JSON goes to the DLQ whole and is committed; a pair whose stored count is
+    damaged has its transitions dead-lettered (its count is not restarted from zero, which would overwrite
+    the knowledge graph's with a smaller one); every other pair is counted exactly; the worker keeps running."""
     app_id = f"{iso.topic_events}-w"
-    transitions = f"{app_id}-transitions"
+    transitions, changelog = f"{app_id}-transitions", f"{app_id}-next-counts-changelog"
+    asyncio.run(ensure_topics(iso, [changelog], {changelog: {"cleanup.policy": "compact"}}))
+    sessions = diginetica_sessions(40, skip=2700)
+    events = list(session_events(sessions, run="counts"))
+    head, tail = (str(i) for i in sessions[0][:2])
+    pairs = Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s))
+    damaged = f"{head}>{tail}".encode()
+    asyncio.run(publish_payloads(iso, changelog, [orjson.dumps({"count": "seven"})], [damaged]))
     worker = WorkerProcess(iso, artefact, tmp_path, app_id=app_id).start()
     try:
-        asyncio.run(publish(iso, iso.topic_events, list(session_events([[214, 2]], run="before"))))
-        assert len(asyncio.run(collect(iso, iso.topic_recommendations, 2, timeout=120, watch=[worker]))) == 2
-        assert wait_until(lambda: (offsets := group_offsets(iso.replace(topic_events=transitions), app_id))[1]
-                          == offsets[0] > 0, timeout=60), "the transition of the good session is committed"
+        asyncio.run(publish(iso, iso.topic_events, events))
+        asyncio.run(collect(iso, iso.topic_recommendations, len(events), timeout=240, watch=[worker]))
         asyncio.run(publish_payloads(iso, transitions, [b"not json"], [b"poison"]))
-        assert wait_until(lambda: not worker.alive(), timeout=60), worker.log_tail()
+        dead = asyncio.run(collect(iso, iso.topic_dlq, pairs[(head, tail)] + 1, timeout=90, watch=[worker],
+                                   key=lambda r: f"{r['source_offset']}:{r['value']}"))
+        want = {pair: n for pair, n in pairs.items() if pair != (head, tail)}
+        assert wait_until(lambda: next_counts(iso, sessions, timeout=0)[0] == want, timeout=90), (
+            "every other pair counted exactly")
+        assert wait_until(lambda: (offsets := group_offsets(iso.replace(topic_events=transitions), app_id))[0]
+                          == offsets[1], timeout=60), "the unreadable message is committed, not retried"
+        assert worker.alive(), worker.log_tail()
     finally:
         worker.stop()
-    assert worker.process.returncode == 1
-    assert "agent count_transitions crashed (" in worker.log_tail(1_000_000)
-    committed, end = group_offsets(iso.replace(topic_events=transitions), app_id)
-    assert committed == end - 1, "everything but the unreadable message is committed"
+    records = [r for rs in dead.values() for r in rs]
+    by_code = Counter(r["code"] for r in records)
+    assert by_code == {"transitions_unreadable": 1, "next_count_unreadable": pairs[(head, tail)]}, by_code
+    assert all(r["source_topic"] == transitions for r in records)
+    poison = next(r for r in records if r["code"] == "transitions_unreadable")
+    assert poison["value"] == "not json" and poison["key"] == "poison"
+    assert all(orjson.loads(r["value"])["head"] == head for r in records if r["code"] == "next_count_unreadable")
+    assert_valid("dlq", records)
+    assert all(len(rs) == 1 for rs in dead.values()), "each dead-lettered once"
 
 
 def scorer_child(worker: WorkerProcess) -> int:
