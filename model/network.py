@@ -516,8 +516,7 @@ class IGRec(nn.Module):
         log_explore, mixed = self._repeat_mixture(session_explore, node_h, items, alias, mask, session, last_emb)
         return (padded + log_explore).scatter_(1, items, mixed)
 
-    def top_k(self, k: int, items, alias, adj, mask, hist_items=None, hist_adj=None,
-              candidates: int | None = None):
+    def top_k(self, k: int, items, alias, adj, mask, hist_items=None, hist_adj=None):
         """(item ids int64 [B, k], log-probabilities [B, k]) = ``torch.topk(forward(...), k)`` up to the
         order of exact ties, without materialising the mixed ``[B, n_items + 1]`` log-probabilities: what
         the ONNX artefact computes.
@@ -527,13 +526,14 @@ class IGRec(nn.Module):
         least that. So the top-K lies among the top-K explore items and the session's own items: one
         product and one TopK over ``[B, V]``, and the repeat mixture for the session items only.
 
-        The ``[B, V]`` product only ranks and normalises: the top ``candidates`` columns (at least k) and the
-        session's own items are scored again exactly (their table rows times the query, plus the prior), and
-        the top-K is taken from those. In float32 this changes nothing (a few ulps); it lets a cheaper,
-        approximate product stand in for the big one (the int8 scorer, :mod:`export.quantize`) without
-        changing the top-K whenever the exact top-K is among its top ``candidates``. The log-normaliser
-        comes from onnxruntime's fused LogSoftmax over the full logits (a separate ReduceLogSumExp over
-        ``[B, V]`` measured 5x slower).
+        The ``[B, V]`` product only ranks and normalises: its top k columns (the candidates) and the session's
+        own items are scored again exactly (their table rows times the query, plus the prior), and the top-K
+        is taken from those. In float32 this changes nothing (a few ulps); it lets a cheaper, approximate
+        product stand in for the big one (:mod:`export.precision` swaps it in the ONNX graph and raises the
+        candidates' TopK to 64) without changing the top-K whenever the exact top-K is among its top
+        candidates. The log-normaliser comes from onnxruntime's fused LogSoftmax over the full logits (a
+        separate ReduceLogSumExp over ``[B, V]`` measured 5x slower), corrected with the candidates' exact
+        terms (:func:`_log_normaliser`).
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
         query, table = self._score_inputs(session, self.item_encoder.table()[1:])
@@ -542,7 +542,7 @@ class IGRec(nn.Module):
         if prior is not None:
             ids, bias = prior
             logits = logits.scatter_add(1, (ids - 1).clamp(min=0), bias.to(logits.dtype))
-        columns = torch.topk(logits, min(max(k, candidates or k), self.config.n_items), dim=-1).indices
+        columns = torch.topk(logits, k, dim=-1).indices
         exact = _logits_at(query, table, prior, columns)
         log_norm = _log_normaliser(logits, columns, exact)
         top_explore, order = torch.topk(exact - log_norm, k, dim=-1)
