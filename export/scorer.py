@@ -113,8 +113,8 @@ class Scorer:
             fp16: half precision on GPU (TensorRT: builder flag; CUDA: the item product in float16, see
                 :func:`export.precision.fp16_model`). Ignored with a warning on CPU.
             int8: the item product in int8 on CPU, its top candidates scored again exactly (see
-                :func:`export.precision.int8_model`): the same top-K set, near-ties aside, for about a quarter
-                less CPU per session. Ignored with a warning on GPU.
+                :func:`export.precision.int8_model`): the same top-K set, near-ties aside, for 10-35 % less
+                time per call on Diginetica (docs/results.md). Ignored with a warning on GPU.
             history: feed users' histories to the history inputs. None follows the card's
                 ``graphs.history_trained``: a network trained without histories (every split dataset so far)
                 has untrained history weights, so real histories would only add noise; it then scores every
@@ -174,11 +174,11 @@ class Scorer:
         if gpu:
             _preload_cuda_libraries()
         model: str | bytes = str(self.path / MODEL_FILE)
-        if (fp16 and requested[0] == CUDA) or (int8 and not gpu):
+        variant = "fp16_model" if fp16 and requested[0] == CUDA else "int8_model" if int8 and not gpu else None
+        if variant is not None:
             from export import precision  # imports onnx (0.6 s): only where a variant is built
 
-            variant = precision.fp16_model if fp16 and requested[0] == CUDA else precision.int8_model
-            model = variant(self.path / MODEL_FILE, self.n_items)
+            model = getattr(precision, variant)(self.path / MODEL_FILE, self.n_items)
         provider_list = [(p, self._provider_options(p, fp16, max_batch, trt_cache)) for p in requested]
         try:
             return ort.InferenceSession(model, opts, providers=provider_list)
