@@ -39,6 +39,21 @@ class Refusal(ValueError):
 class _Record(faust.Record, serializer="json", include_metadata=False):
     """Base: JSON without faust's ``__faust`` metadata, so non-faust consumers read plain objects."""
 
+    @classmethod
+    def encode(cls, **fields: Any) -> bytes:
+        """``orjson.dumps(cls(**fields).asdict())`` without building the Record: the same bytes (the fields in
+        declaration order, defaults filled in) for a fifth of the time. The worker writes two Records per
+        event, and faust's constructor and ``asdict`` cost about 8 us each (docs/results.md). Like the
+        constructor it raises TypeError for a missing or unknown field, and it converts no value."""
+        options = cls._options
+        if fields.keys() != options.fieldset:
+            missing = options.fieldset - fields.keys() - options.defaults.keys()
+            unknown = fields.keys() - options.fieldset
+            if missing or unknown:
+                raise TypeError(f"{cls.__name__}: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+            fields = options.defaults | fields
+        return orjson.dumps({name: fields[name] for name in options.fields})
+
 
 class Event(_Record):
     """``igrec.events`` (key = user id): one click or other interaction of a user."""
@@ -113,10 +128,10 @@ def dead_letter_message(error: Refusal, topic: str, partition: int, offset: int,
                         value: bytes | None) -> bytes:
     """The DLQ message for a refused message (or value) read from ``topic``/``partition``/``offset``: a
     :class:`DeadLetter` as JSON, with the key and value as text (their first ``DLQ_TEXT_BYTES`` bytes)."""
-    return orjson.dumps(DeadLetter(
+    return DeadLetter.encode(
         schema_version=SCHEMA_VERSION, reason=str(error), code=error.code, source_topic=topic,
         source_partition=partition, source_offset=offset, key=_text(key), value=_text(value),
-        received_at=time.time()).asdict())
+        received_at=time.time())
 
 
 def _text(raw: bytes | None) -> str | None:

@@ -216,7 +216,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         items = scoring.items
         key = event.user_id.encode()
         now = time.time()
-        recommendation = Recommendation(
+        recommendation = Recommendation.encode(
             schema_version=SCHEMA_VERSION,
             event_id=event.event_id,
             user_id=event.user_id,
@@ -234,8 +234,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 "total": 1000.0 * (now - item.kafka_ts),
             },
         )
-        out.add(settings.topic_recommendations, key, orjson.dumps(recommendation.asdict()))
-        enriched_event = EnrichedEvent(
+        out.add(settings.topic_recommendations, key, recommendation)
+        enriched_event = EnrichedEvent.encode(
             schema_version=SCHEMA_VERSION,
             event_id=event.event_id,
             user_id=event.user_id,
@@ -251,7 +251,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
             recommendations=items,
             context=event.context,
         )
-        out.add(settings.topic_enriched, key, orjson.dumps(enriched_event.asdict()))
+        out.add(settings.topic_enriched, key, enriched_event)
         item_interests = None
         if scoring.item_interests is not None and event.item_id not in interest_items_sent:
             if len(interest_items_sent) >= INTEREST_ITEMS_REMEMBERED:

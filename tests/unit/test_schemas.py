@@ -7,7 +7,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from model.facts import Fact
-from streams.records import SCHEMA_VERSION, Event, topic_schemas
+from streams.records import SCHEMA_VERSION, EnrichedEvent, Event, Recommendation, topic_schemas
 from streams.settings import ROOT, Settings
 from streams.triples import TripleError, edge, from_fact, node, parse
 
@@ -60,3 +60,30 @@ def test_an_event_record_is_valid_against_its_schema() -> None:
     event = Event(schema_version=SCHEMA_VERSION, event_id="e", user_id="u", item_id="7", ts=1.7e9, context={"a": 1})
     assert SCHEMAS[TOPICS["events"]].is_valid(event.asdict())
     assert not SCHEMAS[TOPICS["events"]].is_valid({**event.asdict(), "ts": "yesterday"})
+
+
+RECOMMENDATION = {"schema_version": SCHEMA_VERSION, "event_id": "e", "user_id": "u", "session_id": "s", "position": 2,
+                  "items": ["7", "9"], "scores": [-1.5, -2.25], "scored": True, "model_version": "m",
+                  "event_ts": 1.7e9, "emitted_at": 1.7e9 + 0.02, "latency_ms": {"queue": 1.0, "total": 20.0}}
+ENRICHED = {"schema_version": SCHEMA_VERSION, "event_id": "e", "user_id": "u", "session_id": "s", "item_id": "7",
+            "ts": 1.7e9, "type": "click", "position": 0, "session_length": 1, "new_session": True,
+            "known_item": False, "recommendations": []}
+
+
+@pytest.mark.parametrize(("record", "fields", "topic"), [
+    (Recommendation, RECOMMENDATION, "recommendations"),
+    (EnrichedEvent, ENRICHED, "enriched"),
+    (EnrichedEvent, {**ENRICHED, "interest_weights": [0.25, 0.75], "context": {"page": 3}}, "enriched"),
+])
+def test_a_record_encodes_to_the_bytes_of_the_record_itself(record: type, fields: dict, topic: str) -> None:
+    """The worker's fast path (``encode``) writes what the typed Record would, defaults included."""
+    encoded = record.encode(**fields)
+    assert encoded == orjson.dumps(record(**fields).asdict())
+    assert SCHEMAS[TOPICS[topic]].is_valid(orjson.loads(encoded))
+
+
+def test_encoding_a_record_with_a_missing_or_unknown_field_is_an_error() -> None:
+    with pytest.raises(TypeError, match=r"missing fields \['scores'\]"):
+        Recommendation.encode(**{k: v for k, v in RECOMMENDATION.items() if k != "scores"})
+    with pytest.raises(TypeError, match=r"unknown fields \['score'\]"):
+        Recommendation.encode(**RECOMMENDATION, score=1.0)
