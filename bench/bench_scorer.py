@@ -4,8 +4,9 @@ For batch sizes 1, 32 and 256 (the worker's micro-batches) it prints p50/p99 lat
 scoring a batch of ready session graphs into top-20 lists: PyTorch eager float32 (``net(...)`` then
 ``torch.topk``, inference mode) against the exported artefact in :class:`export.scorer.Scorer` (CPU
 provider). Each runs the batch as one padded tensor and, as the worker's Scorer does by default, in size
-buckets (sub-batches of similar graph size: less padding work); the ratio of a runtime is taken against
-PyTorch with the same batching, so it measures the runtime, not the batching. All use the same thread
+buckets (sub-batches of similar graph size: less padding work; the network part per bucket and the item
+head once, see :mod:`export.split`); the ratio of a runtime is taken against PyTorch with the same
+batching, so it measures the runtime, not the batching. All use the same thread
 count; runs alternate between them so that load from other processes hits all alike. It also counts the
 cases whose top-20 lists differ from PyTorch's (same batch).
 
@@ -78,21 +79,45 @@ def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, se
 
 
 def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
-    """PyTorch eager float32 top-``k`` of a batch of graphs (optionally in the scorer's size buckets), on
-    ``device``: inputs copied there, top-K indices copied back (which waits for the GPU)."""
+    """PyTorch eager float32 top-``k`` of a batch of graphs on ``device`` (inputs copied there, top-K indices
+    copied back, which waits for the GPU): one padded batch through ``net(...)`` then ``torch.topk``; or,
+    with ``bucket``, batched as the Scorer batches on the CPU: a network with an item head (IGRec) runs
+    ``head_inputs`` per size bucket and ``head`` once over every row (``export.split``), any other network
+    ``net(...)`` per bucket."""
     import torch
+    import torch.nn.functional as F
 
     from export.scorer import size_buckets, trim_graphs
 
+    def tensors(g) -> list:
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in g.arrays()]
+
     def topk(g) -> np.ndarray:
         with torch.inference_mode():
-            logp = net(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in g.arrays()))
-            return torch.topk(logp, k, dim=-1).indices.cpu().numpy()
+            return torch.topk(net(*tensors(g)), k, dim=-1).indices.cpu().numpy()
+
+    def stacked(parts: list) -> torch.Tensor | None:
+        if parts[0] is None:
+            return None
+        width = max(p.shape[1] for p in parts)
+        return torch.cat([F.pad(p, (0, width - p.shape[1])) for p in parts])
+
+    def split(g, groups: list[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            trimmed = [tensors(trim_graphs(g, rows)) for rows in groups]
+            parts = [net.head_inputs(*t) for t in trimmed]
+            inputs = type(parts[0])(*(stacked([p[j] for p in parts]) for j in range(len(parts[0]))))
+            top = net.head(k, stacked([t[0] for t in trimmed]), inputs)[0].cpu().numpy()
+        out = np.empty_like(top)
+        out[np.concatenate(groups)] = top
+        return out
 
     def run(g) -> np.ndarray:
         groups = size_buckets(g) if bucket else [np.arange(g.batch_size)]
         if len(groups) == 1:
             return topk(g)
+        if hasattr(net, "head"):
+            return split(g, groups)
         out = np.empty((g.batch_size, k), np.int64)
         for rows in groups:
             out[rows] = topk(trim_graphs(g, rows))

@@ -19,11 +19,13 @@ import torch
 from torch import nn
 
 from export.artefact import FORMAT_VERSION
+from export.split import HEAD_METADATA, HEAD_PREFIX
 from model.graphs import build_history_graphs, build_session_graphs
 
 SESSION_INPUTS = ("items", "alias", "adj", "mask")
 HISTORY_INPUTS = ("hist_items", "hist_adj")
 OUTPUTS = ("top_items", "top_scores")
+HEAD_DIMS = {"head.prior_ids": "prior_slots", "head.prior_bias": "prior_slots", "head.node_logp": "nodes"}
 DIMS = {"items": ("batch", "nodes"), "alias": ("batch", "clicks"), "adj": ("batch", "nodes", "nodes_x2"),
         "mask": ("batch", "clicks"), "hist_items": ("batch", "hist_nodes"),
         "hist_adj": ("batch", "hist_nodes", "hist_nodes_x2")}
@@ -38,21 +40,36 @@ class TopKScorer(nn.Module):
 
     forward(items [B,N], alias [B,L], adj [B,N,2N], mask [B,L], hist_items [B,H], hist_adj [B,H,2H])
     -> (top_items int64 [B, K], top_scores float32 [B, K]); the history inputs exist only when the network
-    uses history (see :func:`input_names`).
+    uses history (see :func:`input_names`). With ``head_outputs``, a network with a ``head`` (IGRec) also
+    returns its :class:`model.network.HeadInputs` that are not None, in their order (see :func:`head_names`).
     """
 
-    def __init__(self, net: nn.Module, k: int, history: bool):
+    def __init__(self, net: nn.Module, k: int, history: bool, head_outputs: bool = False):
         super().__init__()
         self.net = net
         self.k = k
         self.history = history
+        self.head_outputs = head_outputs
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None):
         history = (hist_items, hist_adj) if self.history else (None, None)
-        if hasattr(self.net, "top_k"):
-            return self.net.top_k(self.k, items, alias, adj, mask, *history)
+        if hasattr(self.net, "head"):
+            inputs = self.net.head_inputs(items, alias, adj, mask, *history)
+            top = self.net.head(self.k, items, inputs)
+            return (*top, *(t for t in inputs if t is not None)) if self.head_outputs else top
         top_scores, top_items = torch.topk(self.net(items, alias, adj, mask, *history), self.k, dim=-1)
         return top_items, top_scores
+
+
+def head_names(net: nn.Module, example: tuple[torch.Tensor, ...]) -> list[str]:
+    """The graph's names of ``net``'s head inputs (``head.<field>`` of :class:`model.network.HeadInputs`,
+    those the network computes), or [] for a network without a head."""
+    if not hasattr(net, "head"):
+        return []
+    history = example[4:] if uses_history(net) else ()
+    with torch.no_grad():
+        inputs = net.head_inputs(*example[:4], *history)
+    return [f"{HEAD_PREFIX}{name}" for name, value in zip(inputs._fields, inputs, strict=True) if value is not None]
 
 
 def uses_history(net: nn.Module) -> bool:
@@ -96,42 +113,51 @@ def export_onnx(net: nn.Module, path: str | Path, k: int = 20, opset: int = 18,
         raise ValueError(f"k={k} must be in 1..n_items={n_items}")
     net = net.cpu().eval()
     names = input_names(net)
-    module = TopKScorer(net, k, uses_history(net)).eval()
     example = example_inputs(n_items, names)
+    heads = head_names(net, example)
+    module = TopKScorer(net, k, uses_history(net), head_outputs=bool(heads)).eval()
     path = Path(path)
     with torch.no_grad():
         if exporter == "torchscript":
-            _export_torchscript(module, example, names, path, opset)
+            _export_torchscript(module, example, names, [*OUTPUTS, *heads], path, opset)
         else:
-            _export_dynamo(module, example, names, path, opset)
+            _export_dynamo(module, example, names, [*OUTPUTS, *heads], path, opset)
     model = onnx.load(str(path))
-    for output in model.graph.output:  # K is fixed; the exporter leaves it symbolic after a gather
+    kept = [output for output in model.graph.output if output.name in OUTPUTS]
+    for output in kept:  # K is fixed; the exporter leaves it symbolic after a gather
         last = output.type.tensor_type.shape.dim[-1]
         last.ClearField("dim_param")
         last.dim_value = k
+    del model.graph.output[:]  # the head inputs stay named tensors inside the graph, not outputs (copied first)
+    model.graph.output.extend(kept)
     meta = {"igrec.format_version": FORMAT_VERSION, "igrec.k": k, "igrec.n_items": n_items, "igrec.opset": opset}
+    if heads:
+        meta[HEAD_METADATA] = ",".join(heads)
     onnx.helper.set_model_props(model, {key: str(value) for key, value in meta.items()})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return describe(model, opset, exporter)
 
 
-def _export_torchscript(module: nn.Module, example: tuple, names: list[str], path: Path, opset: int) -> None:
+def _export_torchscript(module: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path,
+                        opset: int) -> None:
     """Trace and export with named dynamic axes. Silenced warnings: the deprecation notice, the in-place
     scatter rewrite, and GRU's shape checks / fixed-batch caution (the parity check runs other batch sizes)."""
     import warnings
 
-    axes = {n: dict(enumerate(DIMS[n])) for n in names} | {o: {0: "batch"} for o in OUTPUTS}
+    axes = {n: dict(enumerate(DIMS[n])) for n in names}
+    axes |= {o: {0: "batch", **({1: HEAD_DIMS[o]} if o in HEAD_DIMS else {})} for o in outputs}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*Removing mutation.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*batch_size other than 1.*GRU.*")
         torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset, input_names=names,
-                          output_names=list(OUTPUTS), dynamic_axes=axes, do_constant_folding=True)
+                          output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
 
 
-def _export_dynamo(module: nn.Module, example: tuple, names: list[str], path: Path, opset: int) -> None:
+def _export_dynamo(module: nn.Module, example: tuple, names: list[str], outputs: list[str], path: Path,
+                   opset: int) -> None:
     dim = torch.export.Dim
     batch, nodes, clicks = dim("batch", min=1), dim("nodes", min=1), dim("clicks", min=1)
     hist = dim("hist_nodes", min=1)
@@ -143,7 +169,7 @@ def _export_dynamo(module: nn.Module, example: tuple, names: list[str], path: Pa
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         program = torch.onnx.export(module, example, dynamo=True, opset_version=opset, input_names=names,
-                                    output_names=list(OUTPUTS), dynamic_shapes=tuple(shapes[n] for n in names),
+                                    output_names=outputs, dynamic_shapes=tuple(shapes[n] for n in names),
                                     verbose=False)
     program.save(str(path), external_data=False)
 

@@ -28,6 +28,7 @@ from export.artefact import (
     read_items,
     verify_card,
 )
+from export.split import HEAD_METADATA
 from model.graphs import SessionGraphs, build_history_graphs, build_session_graphs
 
 __all__ = ["ArtefactError", "Scorer", "resolve_providers"]
@@ -141,7 +142,7 @@ class Scorer:
         self._graphs = self.card["graphs"]
         self.interests = read_interests(self.path, self.n_items)
         requested = resolve_providers(providers)
-        self._session = self._open(requested, threads, fp16, int8, max_batch, spin, trt_cache)
+        self._session, self._split = self._open(requested, threads, fp16, int8, max_batch, spin, bucket, trt_cache)
         self.providers = self._session.get_providers()
         self._check_fallback(providers, requested)
         self._check_model()
@@ -156,8 +157,10 @@ class Scorer:
         self.bucket = bucket
 
     def _open(self, requested: list[str], threads: int | None, fp16: bool, int8: bool, max_batch: int, spin: bool,
-              trt_cache: str | Path | None) -> ort.InferenceSession:
-        """The onnxruntime session with its options (threads, spinning) and per-provider options."""
+              bucket: bool, trt_cache: str | Path | None) -> tuple[ort.InferenceSession, _Split | None]:
+        """The onnxruntime session with its options (threads, spinning) and per-provider options; and on the
+        CPU provider with size buckets, the graph's network and head parts in sessions of their own
+        (:mod:`export.split`; None where the graph cannot be cut)."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -181,9 +184,12 @@ class Scorer:
             model = getattr(precision, variant)(self.path / MODEL_FILE, self.n_items)
         provider_list = [(p, self._provider_options(p, fp16, max_batch, trt_cache)) for p in requested]
         try:
-            return ort.InferenceSession(model, opts, providers=provider_list)
+            session = ort.InferenceSession(model, opts, providers=provider_list)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ArtefactError(f"{self.path / MODEL_FILE}: onnxruntime cannot load it: {exc}") from exc
+        if gpu or not bucket or not session.get_modelmeta().custom_metadata_map.get(HEAD_METADATA):
+            return session, None
+        return session, _Split.open(model, opts)
 
     def _provider_options(self, provider: str, fp16: bool, max_batch: int, trt_cache: str | Path | None) -> dict:
         """Options of one provider. TensorRT gets an optimisation profile covering batch 1..max_batch and
@@ -283,6 +289,10 @@ class Scorer:
         groups = size_buckets(graphs) if self.bucket else [np.arange(b)]
         if len(groups) == 1:
             return self._run(self._feeds(graphs, history))
+        if self._split is not None:
+            return self._split.run([self._feeds(trim_graphs(graphs, rows), trim_graphs(history, rows)
+                                                if history is not None else None) for rows in groups],
+                                   groups, self._output_names)
         top_items = np.empty((b, self.k), np.int64)
         top_scores = np.empty((b, self.k), np.float32)
         for rows in groups:
@@ -343,6 +353,54 @@ class Scorer:
     def __repr__(self) -> str:
         return (f"Scorer({str(self.path)!r}, k={self.k}, n_items={self.n_items}, providers={self.providers}, "
                 f"history={self.uses_history})")
+
+
+class _Split:
+    """The graph's network part and its item head in two onnxruntime sessions (:mod:`export.split`): the
+    network runs once per size bucket, the head once over all of a call's rows, its ``[batch, width]`` inputs
+    padded with zeros to the widest bucket (padding that :meth:`model.network.IGRec.head` ignores)."""
+
+    def __init__(self, network: ort.InferenceSession, head: ort.InferenceSession):
+        self.network = network
+        self.head = head
+        self.cut = [o.name for o in network.get_outputs()]
+
+    @classmethod
+    def open(cls, model: str | bytes, opts: ort.SessionOptions) -> _Split | None:
+        import onnx  # 0.6 s to import: only where a graph is cut
+
+        from export.split import split_at_head
+
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+        parts = split_at_head(proto)
+        if parts is None:
+            log.warning("the graph cannot be cut at its head inputs: each size bucket runs the whole graph")
+            return None
+        providers = ["CPUExecutionProvider"]
+        return cls(*(ort.InferenceSession(part, opts, providers=providers) for part in parts))
+
+    def run(self, feeds: list[dict[str, np.ndarray]], groups: list[np.ndarray],
+            outputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K of the rows ``groups`` (indices into the call's batch), ``feeds`` the graph inputs of each."""
+        parts = [self.network.run(self.cut, f) for f in feeds]
+        head_feeds = {"items": _stack_padded([f["items"] for f in feeds])}
+        head_feeds |= {name: _stack_padded([p[j] for p in parts]) for j, name in enumerate(self.cut)}
+        top_items, top_scores = self.head.run(outputs, head_feeds)
+        order = np.concatenate(groups)
+        items, scores = np.empty_like(top_items), np.empty_like(top_scores)
+        items[order], scores[order] = top_items, top_scores
+        return items, scores
+
+
+def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
+    """``[rows, width]`` arrays stacked row-wise, each padded with zeros on the right to the widest."""
+    width = max(a.shape[1] for a in arrays)
+    out = np.zeros((sum(a.shape[0] for a in arrays), width), arrays[0].dtype)
+    row = 0
+    for a in arrays:
+        out[row : row + a.shape[0], : a.shape[1]] = a
+        row += a.shape[0]
+    return out
 
 
 def size_buckets(graphs: SessionGraphs, min_rows: int = 8) -> list[np.ndarray]:

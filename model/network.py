@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -294,8 +295,8 @@ class RepeatHead(nn.Module):
         rec, cnt = node_recency(items, alias, mask, self.max_len)
         feats = torch.tanh(self.node(node_h) + self.session(session)[:, None, :]
                            + self.recency(rec) + self.count(cnt))
-        logits = self.v(feats).squeeze(-1).float().masked_fill(items == 0, NEG)
-        return torch.log_softmax(logits, -1), self.gate(torch.cat([session, last], -1)).float()
+        logits = _float32(self.v(feats).squeeze(-1)).masked_fill(items == 0, NEG)
+        return torch.log_softmax(logits, -1), _float32(self.gate(torch.cat([session, last], -1)))
 
 
 class IGRec(nn.Module):
@@ -460,18 +461,25 @@ class IGRec(nn.Module):
         inference on CPU, and the masking add was a whole pass over it (~6 % of onnxruntime's time per
         session). The scale goes on the [B, D] side, so [B, V] is written once by the product.
         """
-        session, table = self._score_inputs(session, self.item_encoder.table()[1:])
+        session, table = self._score_inputs(session)
         logits = _product(session, table, self.training)
         if prior is not None:
             ids, bias = prior
             logits = logits.scatter_add_(1, (ids - 1).clamp(min=0), bias.to(logits.dtype))
         return logits
 
-    def _score_inputs(self, session: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query [B, D], table [V, D]) whose dot products are the logits: NISER-normalised and scaled."""
-        if self.config.normalize:
-            return F.normalize(session, dim=-1) * self.config.scale, row_normalize(table)
-        return session, table
+    def _score_inputs(self, session: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query [B, D], table [V, D] of the real items) whose dot products are the explore logits."""
+        return self._query(session), self._item_table()
+
+    def _query(self, session: torch.Tensor) -> torch.Tensor:
+        """The session vector as the item product's query [B, D]: NISER-normalised and scaled."""
+        return F.normalize(session, dim=-1) * self.config.scale if self.config.normalize else session
+
+    def _item_table(self) -> torch.Tensor:
+        """The real items' rows [V, D] of the item product (row j is item j + 1), normalised with the query."""
+        table = self.item_encoder.table()[1:]
+        return row_normalize(table) if self.config.normalize else table
 
     def log_likelihood(self, target, items, alias, adj, mask, hist_items=None, hist_adj=None,
                        prior_graph=None) -> torch.Tensor:
@@ -482,7 +490,7 @@ class IGRec(nn.Module):
         the training co-occurrence graph of each case (see :meth:`set_training_prior_graphs`).
         """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        explore = target_log_likelihood(*self._score_inputs(session, self.item_encoder.table()[1:]), target,
+        explore = target_log_likelihood(*self._score_inputs(session), target,
                                         self._prior(items, alias, mask, prior_graph))
         explore = explore[:, None]
         if not self.config.use_repeat:
@@ -498,13 +506,9 @@ class IGRec(nn.Module):
         return torch.log_softmax(self.logits(session, self._prior(items, alias, mask)), -1)
 
     def _repeat_mixture(self, session_explore, node_h, items, alias, mask, session, last_emb):
-        """(log p(explore) [B, 1], mixed log-probabilities of the session's own items [B, N], padding NEG):
-        a session item's probability is p(explore) * p_explore(item) + p(repeat) * p_repeat(item), where
-        ``session_explore`` [B, N] holds p_explore of each session node's item (any value for padding)."""
+        """:func:`_mix` with the repeat head's node log-probabilities and gate for these node states."""
         node_logp, gate = self.repeat(node_h, items, alias, mask, session, last_emb)
-        log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
-        mixed = _logaddexp(session_explore + log_explore, node_logp + log_repeat)
-        return log_explore, mixed.masked_fill(items == 0, NEG)
+        return _mix(session_explore, node_logp, gate, items)
 
     def forward(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> torch.Tensor:
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
@@ -535,26 +539,67 @@ class IGRec(nn.Module):
         separate ReduceLogSumExp over ``[B, V]`` measured 5x slower), corrected with the candidates' exact
         terms (:func:`_log_normaliser`).
         """
+        return self.head(k, items, self.head_inputs(items, alias, adj, mask, hist_items, hist_adj))
+
+    def head_inputs(self, items, alias, adj, mask, hist_items=None, hist_adj=None) -> HeadInputs:
+        """Everything of :meth:`top_k` before the ``[B, V]`` item product: the graph network, run per session.
+
+        The split lets a runtime run this part per group of similar graph sizes (little padding) and
+        :meth:`head` once over all of them (the item table read once): see ``export.scorer.Scorer``.
+        """
         session, node_h, last_emb = self.session_vector(items, alias, adj, mask, hist_items, hist_adj)
-        query, table = self._score_inputs(session, self.item_encoder.table()[1:])
+        query = self._query(session)
         prior = self._prior(items, alias, mask)
+        repeat = self.repeat(node_h, items, alias, mask, session, last_emb) if self.config.use_repeat else (None, None)
+        return HeadInputs(query, *(prior or (None, None)), *repeat)
+
+    def head(self, k: int, items: torch.Tensor, inputs: HeadInputs):
+        """(item ids int64 [B, k], log-probabilities [B, k]) from :meth:`head_inputs`: the item product, its
+        top candidates scored again exactly, the log-normaliser, and the repeat mixture of the session's own
+        items. Padding along the node axis (items 0) and the prior's slots (id 0, bias 0) changes nothing,
+        so rows from differently padded :meth:`head_inputs` calls can be stacked after padding them alike."""
+        query = inputs.query
+        table = self._item_table()
+        prior = None if inputs.prior_ids is None else (inputs.prior_ids, inputs.prior_bias)
         logits = _product(query, table, self.training)
         if prior is not None:
             ids, bias = prior
-            logits = logits.scatter_add(1, (ids - 1).clamp(min=0), bias.to(logits.dtype))
+            logits = logits.scatter_add(1, (ids - 1).clamp(min=0), _float32(bias))
         columns = torch.topk(logits, k, dim=-1).indices
         exact = _logits_at(query, table, prior, columns)
         log_norm = _log_normaliser(logits, columns, exact)
         top_explore, order = torch.topk(exact - log_norm, k, dim=-1)
         top_items = torch.gather(columns, 1, order) + 1
-        if not self.config.use_repeat:
+        if inputs.node_logp is None:
             return top_items, top_explore
         session_explore = _logits_at(query, table, prior, (items - 1).clamp(min=0)) - log_norm
-        log_explore, mixed = self._repeat_mixture(session_explore, node_h, items, alias, mask, session, last_emb)
+        log_explore, mixed = _mix(session_explore, inputs.node_logp, inputs.gate, items)
         in_session = (top_items[:, :, None] == items[:, None, :]).any(-1)
         candidates_mixed = (top_explore + log_explore).masked_fill(in_session, NEG)
         scores, where = torch.topk(torch.cat([candidates_mixed, mixed], 1), k, dim=-1)
         return torch.gather(torch.cat([top_items, items], 1), 1, where), scores
+
+
+class HeadInputs(NamedTuple):
+    """What :meth:`IGRec.head` needs of each session besides its items (None where the config has no such
+    part): the scaled query [B, D]; the co-occurrence prior's item ids and biases [B, P] (``use_prior``);
+    the repeat head's node log-probabilities [B, N] and gate logit [B, 1] (``use_repeat``)."""
+
+    query: torch.Tensor
+    prior_ids: torch.Tensor | None = None
+    prior_bias: torch.Tensor | None = None
+    node_logp: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+
+
+def _mix(session_explore: torch.Tensor, node_logp: torch.Tensor, gate: torch.Tensor, items: torch.Tensor):
+    """(log p(explore) [B, 1], mixed log-probabilities of the session's own items [B, N], padding NEG): a
+    session item's probability is p(explore) * p_explore(item) + p(repeat) * p_repeat(item), where
+    ``session_explore`` [B, N] holds p_explore of each session node's item (any value for padding) and
+    ``node_logp`` [B, N], ``gate`` [B, 1] are the repeat head's."""
+    log_explore, log_repeat = F.logsigmoid(-gate), F.logsigmoid(gate)
+    mixed = _logaddexp(session_explore + log_explore, node_logp + log_repeat)
+    return log_explore, mixed.masked_fill(items == 0, NEG)
 
 
 def _log_normaliser(logits: torch.Tensor, columns: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
@@ -572,12 +617,12 @@ def _logits_at(query: torch.Tensor, table: torch.Tensor, prior: tuple[torch.Tens
     """Explore logits [B, M] at ``columns`` [B, M] (column j is item j + 1), computed directly: query [B, D]
     . table [V, D] rows, plus the co-occurrence prior (ids [B, P], bias [B, P]; id 0 = padding) where given."""
     with torch.autocast(device_type=query.device.type, enabled=False):
-        dots = torch.matmul(table.float()[columns], query.float()[:, :, None]).squeeze(-1)
+        dots = torch.matmul(_float32(table)[columns], _float32(query)[:, :, None]).squeeze(-1)
     if prior is None:
         return dots
     ids, bias = prior
     hits = (columns[:, :, None] == (ids - 1)[:, None, :]) & (ids > 0)[:, None, :]
-    return dots + torch.matmul(hits.to(dots.dtype), bias.to(dots.dtype)[:, :, None]).squeeze(-1)
+    return dots + torch.matmul(hits.to(dots.dtype), _float32(bias)[:, :, None]).squeeze(-1)
 
 
 class GRU4Rec(nn.Module):
@@ -709,7 +754,14 @@ def _product(query: torch.Tensor, table: torch.Tensor, training: bool) -> torch.
     if training:
         return torch.matmul(query, table.t())
     with torch.autocast(device_type=query.device.type, enabled=False):
-        return torch.matmul(query.float(), table.float().t())
+        return torch.matmul(_float32(query), _float32(table).t())
+
+
+def _float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, with no operation where it already is: the ONNX tracer records even a no-op
+    ``.float()`` as a Cast, and a Cast between :meth:`IGRec.head_inputs` and their readers would hide the
+    split point of the exported graph (``export.split``)."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 def _score(query: torch.Tensor, table: torch.Tensor, training: bool) -> torch.Tensor:

@@ -148,6 +148,40 @@ def test_dynamic_batch_and_graph_sizes(exported, batch, length):
     np.testing.assert_allclose(scores, ref.values.numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_the_graph_cut_at_its_head_scores_as_the_whole_graph(exported, int8):
+    """On the CPU a mixed batch runs the network per size bucket and the item head once over every row
+    (``export.split``), its inputs padded to the widest bucket: the answers of the whole graph run per
+    bucket, with every head input of a network with all options (the prior's int64 ids included)."""
+    _, art, _ = exported
+    scorer = Scorer(art, providers="cpu", history=True, int8=int8)
+    assert scorer._split is not None
+    assert scorer._split.cut == ["head.query", "head.prior_ids", "head.prior_bias", "head.node_logp", "head.gate"]
+    rng = np.random.default_rng(11)
+    sessions = [rng.integers(1, N_ITEMS + 1, n).tolist() for n in rng.choice([1, 2, 3, 6, 12, 40], 90)]
+    histories = [[rng.integers(1, N_ITEMS + 1, 9).tolist(), [5, 6]] if b % 3 else [] for b in range(90)]
+    graphs, history = build_session_graphs(sessions), build_history_graphs(histories)
+    items, scores = scorer.recommend(graphs, history)
+    scorer._split = None
+    ref_items, ref_scores = scorer.recommend(graphs, history)
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
+
+
+def test_a_graph_that_cannot_be_cut_cleanly_is_not_cut(exported):
+    """No cut without the exporter's list of head inputs, nor where the head would read more of the network
+    than the listed tensors (then each bucket runs the whole graph)."""
+    from export.split import HEAD_METADATA, split_at_head
+
+    model = onnx.load(str(exported[1] / MODEL_FILE))
+    assert split_at_head(model) is not None
+    meta = next(p for p in model.metadata_props if p.key == HEAD_METADATA)
+    meta.value = "head.query,head.prior_ids,head.prior_bias"
+    assert split_at_head(model) is None
+    model.metadata_props.remove(meta)
+    assert split_at_head(model) is None
+
+
 def test_no_history_equals_empty_history(exported):
     _, art, _ = exported
     scorer = Scorer(art, providers="cpu", history=True)
