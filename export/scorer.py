@@ -193,8 +193,8 @@ class Scorer:
         if gpu or not bucket:
             return session, None
         if not session.get_modelmeta().custom_metadata_map.get(HEAD_METADATA):
-            log.info("%s names no head inputs (exported before they existed): each size bucket runs the whole "
-                     "graph; re-export it to score a mixed batch faster", self.path / MODEL_FILE)
+            log.info("%s names no item head inputs (a network without one, or exported before they were "
+                     "named): each size bucket runs the whole graph", self.path / MODEL_FILE)
             return session, None
         return session, _Split.open(model, opts)
 
