@@ -81,9 +81,9 @@ def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, se
 def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
     """PyTorch eager float32 top-``k`` of a batch of graphs on ``device`` (inputs copied there, top-K indices
     copied back, which waits for the GPU): one padded batch through ``net(...)`` then ``torch.topk``; or,
-    with ``bucket``, batched as the Scorer batches on the CPU: a network with an item head (IGRec) runs
-    ``head_inputs`` per size bucket and ``head`` once over every row (``export.split``), any other network
-    ``net(...)`` per bucket."""
+    with ``bucket``, batched as the Scorer batches: on the CPU a network with an item head (IGRec) runs
+    ``head_inputs`` per size bucket and ``head`` once over every row (``export.split``); on a GPU, or for a
+    network without a head, ``net(...)`` runs per bucket."""
     import torch
     import torch.nn.functional as F
 
@@ -116,7 +116,7 @@ def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
         groups = size_buckets(g) if bucket else [np.arange(g.batch_size)]
         if len(groups) == 1:
             return topk(g)
-        if hasattr(net, "head"):
+        if hasattr(net, "head") and device == "cpu":
             return split(g, groups)
         out = np.empty((g.batch_size, k), np.int64)
         for rows in groups:
