@@ -294,8 +294,17 @@ def _neo4j_command(service: Service) -> list[str]:
 # ---------------------------------------------------------------- health
 
 
+HEALTH_GROUP = "igrec-health"
+"""The consumer group whose coordinator :func:`kafka_healthy` looks up (no consumer ever joins it)."""
+
+
 def kafka_healthy(settings: Settings, timeout: float = 5.0) -> bool:
-    """True if the broker answers a metadata request and has a controller."""
+    """True if the broker answers a metadata request, has a controller and a group coordinator.
+
+    A broker seconds old answers metadata before its group coordinator is up (the offsets topic is created
+    on the first lookup): consumers that start then get ``GroupCoordinatorNotAvailable`` and log it as an
+    error while they retry. Waiting for the coordinator here keeps that out of the workers' and the sink's
+    logs on a fresh stack."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -305,7 +314,9 @@ def kafka_healthy(settings: Settings, timeout: float = 5.0) -> bool:
         try:
             await asyncio.wait_for(admin.start(), timeout)
             cluster = await asyncio.wait_for(admin.describe_cluster(), timeout)
-            return bool(cluster.get("brokers")) and cluster.get("controller_id", -1) >= 0
+            if not cluster.get("brokers") or cluster.get("controller_id", -1) < 0:
+                return False
+            return await asyncio.wait_for(admin.find_coordinator(HEALTH_GROUP), timeout) >= 0
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()

@@ -157,3 +157,40 @@ def test_reset_is_refused_while_running_and_empties_a_stopped_server(settings: S
             "MATCH (n:Item {id: $id}) RETURN count(n) AS n", id=marker, database_=settings.neo4j_database
         )
     assert records[0]["n"] == 0, "the password survives a reset (the driver logged in); the graph does not"
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_a_fresh_stack_is_up_only_once_consumer_groups_can_join(settings: Settings, tmp_path: Path,
+                                                                caplog) -> None:
+    """Right after `stack up` on a broker seconds old, a consumer joins its group without aiokafka's
+    GroupCoordinatorNotAvailable error (the health check waits for the group coordinator)."""
+    from aiokafka import AIOKafkaConsumer
+
+    kafka, controller, neo4j = _free_ports(3)
+    fresh = settings.replace(state_dir=tmp_path / "fresh", kafka_port=kafka, kafka_controller_port=controller,
+                             neo4j_port=neo4j)
+    stack.up(fresh)
+    try:
+        async def join() -> None:
+            consumer = AIOKafkaConsumer("fresh-probe", bootstrap_servers=f"127.0.0.1:{kafka}",
+                                        group_id=f"g-{uuid.uuid4().hex}")
+            await consumer.start()
+            try:
+                await consumer.getmany(timeout_ms=3000)
+            finally:
+                await consumer.stop()
+
+        with caplog.at_level("WARNING", logger="aiokafka"):
+            asyncio.run(join())
+        assert not [r for r in caplog.records if "Coordinator" in r.getMessage()], caplog.text
+    finally:
+        stack.down(fresh)
