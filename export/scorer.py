@@ -28,7 +28,7 @@ from export.artefact import (
     read_items,
     verify_card,
 )
-from export.split import HEAD_METADATA
+from export.split import HEAD_METADATA, ITEMS
 from model.graphs import SessionGraphs, build_history_graphs, build_session_graphs
 
 __all__ = ["ArtefactError", "Scorer", "resolve_providers"]
@@ -380,17 +380,20 @@ class _Split:
 
         proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
         parts = split_at_head(proto)
-        if parts is None:
-            log.warning("the graph cannot be cut at its head inputs: each size bucket runs the whole graph")
-            return None
-        providers = ["CPUExecutionProvider"]
-        return cls(*(ort.InferenceSession(part, opts, providers=providers) for part in parts))
+        try:
+            if parts is not None:
+                return cls(*(ort.InferenceSession(part, opts, providers=["CPUExecutionProvider"]) for part in parts))
+            reason = "its head reads more than the named head inputs"
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            reason = f"onnxruntime cannot load a part: {exc}"
+        log.warning("the graph is not cut at its head inputs (%s): each size bucket runs the whole graph", reason)
+        return None
 
     def run(self, feeds: list[dict[str, np.ndarray]], groups: list[np.ndarray],
             outputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Top-K of the rows ``groups`` (indices into the call's batch), ``feeds`` the graph inputs of each."""
         parts = [self.network.run(self.cut, f) for f in feeds]
-        head_feeds = {"items": _stack_padded([f["items"] for f in feeds])}
+        head_feeds = {ITEMS: _stack_padded([f[ITEMS] for f in feeds])}
         head_feeds |= {name: _stack_padded([p[j] for p in parts]) for j, name in enumerate(self.cut)}
         top_items, top_scores = self.head.run(outputs, head_feeds)
         order = np.concatenate(groups)
