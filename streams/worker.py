@@ -48,6 +48,7 @@ from mode.utils.times import want_seconds
 
 from streams import faust_fixes, metrics
 from streams.changelog import OutboxTable
+from streams.inline_delivery import deliver_inline
 from streams.next_counts import (
     UnreadableCount,
     UnreadableTransitions,
@@ -420,6 +421,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                         extra={"fields": {**stall_report(app, pipeline), "lag_per_partition": lags}})
 
     faust_fixes.install(app)
+    deliver_inline(app.consumer)
     return app
 
 

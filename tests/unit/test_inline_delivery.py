@@ -1,0 +1,175 @@
+"""streams.inline_delivery: faust's own drain loop (``Consumer._drain_messages``, run here on a bare mode Service)
+hands each message to its callback without creating tasks when the callback does not wait; a callback that
+waits is resumed by faust's ``wait_first`` and can still be interrupted by a suspended flow; other
+``wait_first`` callers are unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+from faust.transport.consumer import Consumer
+from mode import Service
+
+from streams.inline_delivery import Resumed, deliver_inline
+
+TP = ("events", 0)
+
+
+class Drainer(Service):
+    """Just enough of a faust consumer for faust's drain loop to run over ``batches`` and then stop."""
+
+    _drain_messages = Consumer._drain_messages
+    consumer_stopped_errors = ()
+
+    def __init__(self, batches: list[list[int]], callback: Callable[[Any], Awaitable[Any]]) -> None:
+        super().__init__()
+        self.batches = batches
+        self.callback = callback
+        self.suspend_flow = asyncio.Event()
+        self._read_offset: dict[Any, int | None] = defaultdict(lambda: None)
+        self._commit_every = None
+        self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: False))
+        self.transport = SimpleNamespace(app=SimpleNamespace(should_stop=False))
+        self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        if not self.batches:
+            self.fetcher._stopped.set()
+            return
+        for offset in self.batches.pop(0):
+            yield TP, SimpleNamespace(offset=offset, topic=TP[0])
+
+    async def drain(self) -> None:
+        await asyncio.wait_for(self._drain_messages(self.fetcher), timeout=10)
+
+
+def counting_tasks() -> list[int]:
+    """Count the tasks the running loop creates from now on (``count[0]``)."""
+    count = [0]
+    loop = asyncio.get_running_loop()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task:
+        count[0] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    return count
+
+
+async def drain_counting_tasks(batches: list[list[int]], inline: bool) -> tuple[list[int], int]:
+    """The offsets delivered and the tasks created while faust's drain loop runs over ``batches``."""
+    got: list[int] = []
+
+    async def callback(message: Any) -> None:
+        got.append(message.offset)
+
+    drainer = Drainer(batches, callback)
+    if inline:
+        deliver_inline(drainer)
+    count = counting_tasks()
+    try:
+        await drainer.drain()
+    finally:
+        asyncio.get_running_loop().set_task_factory(None)
+    return got, count[0]
+
+
+async def test_a_message_whose_callback_does_not_wait_is_delivered_without_tasks() -> None:
+    _, per_fetch = await drain_counting_tasks([[], []], inline=True)  # faust's own, per getmany
+    fausts, fausts_tasks = await drain_counting_tasks([[0, 1, 2], [3, 4]], inline=False)
+    inline, inline_tasks = await drain_counting_tasks([[0, 1, 2], [3, 4]], inline=True)
+    assert fausts == inline == [0, 1, 2, 3, 4]
+    assert fausts_tasks >= per_fetch + 4 * 5, "faust's wait_first: four tasks a message"
+    assert inline_tasks == per_fetch
+
+
+async def test_a_callback_that_waits_is_resumed_where_it_waited() -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    returned: list[int] = []
+
+    async def callback(message: Any) -> int:
+        await queue.put(message.offset)  # waits while the queue is full
+        returned.append(message.offset)
+        return message.offset
+
+    async def take_slowly() -> list[int]:
+        taken = []
+        while len(taken) < 4:
+            await asyncio.sleep(0.01)
+            taken.append(await queue.get())
+        return taken
+
+    drainer = Drainer([[0, 1], [2, 3]], callback)
+    deliver_inline(drainer)
+    taker = asyncio.ensure_future(take_slowly())
+    await drainer.drain()
+    assert await taker == [0, 1, 2, 3]
+    assert returned == [0, 1, 2, 3]
+
+
+async def test_a_suspended_flow_still_interrupts_a_waiting_callback() -> None:
+    blocked = asyncio.Event()
+    outcome: list[str] = []
+
+    async def callback(message: Any) -> None:
+        if message.offset == 1:
+            try:
+                await asyncio.Event().wait()  # as on_message waits for a paused flow control
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+        outcome.append(f"delivered {message.offset}")
+        blocked.set()
+
+    drainer = Drainer([[0, 1, 2]], callback)
+    deliver_inline(drainer)
+    draining = asyncio.ensure_future(drainer.drain())
+    await blocked.wait()
+    await asyncio.sleep(0.05)
+    assert not draining.done(), "message 1's callback holds the drain"
+    drainer.suspend_flow.set()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await draining
+        gc.collect()
+    assert sorted(outcome) == ["cancelled", "delivered 0", "delivered 2"]
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+async def test_wait_first_outside_the_drain_loop_is_fausts() -> None:
+    drainer = Drainer([], lambda message: asyncio.sleep(0))
+    deliver_inline(drainer)
+    done = asyncio.Event()
+    done.set()
+
+    async def at_once() -> int:
+        return 1
+
+    results = await drainer.wait_first(at_once(), done.wait())
+    assert results.results == [1, True], "faust's wait_first starts both; the inline path would not start the second"
+
+
+async def test_resumed_forwards_results_and_errors_into_the_coroutine() -> None:
+    loop = asyncio.get_running_loop()
+    ok, bad = loop.create_future(), loop.create_future()
+
+    async def waits(future: asyncio.Future) -> str:
+        try:
+            return f"got {await future}"
+        except ValueError as error:
+            return f"caught {error}"
+
+    resumed = []
+    for future in (ok, bad):
+        coroutine = waits(future)
+        resumed.append(asyncio.ensure_future(Resumed(coroutine, coroutine.send(None))))
+    ok.set_result(7)
+    bad.set_exception(ValueError("broken"))
+    assert await asyncio.gather(*resumed) == ["got 7", "caught broken"]
