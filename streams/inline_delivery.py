@@ -9,48 +9,20 @@ the event loop and the last of its messages reaching a stream (docs/results.md, 
 message").
 
 The callback almost never suspends: it only puts the event into each subscribed stream's queue. So
-:func:`deliver_inline` runs it in the draining task itself, up to its first suspension. If it completes there,
-nothing else is needed. If it suspends (a full queue, flow control paused for a rebalance, a producer over its
-buffer), the suspended callback goes to faust's own ``wait_first`` exactly as before (:class:`Resumed`), so a
-suspension of the flow still interrupts it.
+:func:`deliver_inline` runs it in the draining task itself, up to its first suspension
+(:func:`streams.inline.start_inline`). If it completes there, nothing else is needed. If it suspends (a full
+queue, flow control paused for a rebalance, a producer over its buffer), the suspended callback goes to
+faust's own ``wait_first`` as before, so a suspension of the flow still interrupts it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 from mode.services import WaitResults
 
-
-class Resumed:
-    """A coroutine already run to its first suspension, as an awaitable that goes on from there.
-
-    ``yielded`` is what the coroutine's first step gave its driver (the future it waits for, or None for a
-    bare yield); awaiting this object hands that to the task, and forwards whatever the task sends or throws
-    (a result, a cancellation) into the coroutine until it returns."""
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coroutine = coroutine
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coroutine, yielded = self._coroutine, self._yielded
-        while True:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as error:  # delivered into the coroutine (a cancellation above all)
-                step = coroutine.throw, error
-            else:
-                step = coroutine.send, sent
-            try:
-                yielded = step[0](step[1])
-            except StopIteration as returned:
-                return returned.value
+from streams.inline import close_unstarted, start_inline
 
 
 def deliver_inline(consumer: Any) -> None:
@@ -73,22 +45,16 @@ def deliver_inline(consumer: Any) -> None:
             return await wait_first(*coros, timeout=timeout)
         callback, others = coros[0], coros[1:]
         try:
-            yielded = callback.send(None)
-        except StopIteration as returned:
-            close_unstarted(others)
-            stopped = consumer._stopped.is_set() or consumer._crashed.is_set()
-            return WaitResults([], [], True) if stopped else WaitResults([callback], [returned.value], False)
+            finished, outcome = start_inline(callback)
         except BaseException:
             close_unstarted(others)
             raise
-        return await wait_first(Resumed(callback, yielded), *others, timeout=timeout)
+        if not finished:
+            return await wait_first(outcome, *others, timeout=timeout)
+        close_unstarted(others)
+        stopped = consumer._stopped.is_set() or consumer._crashed.is_set()
+        return WaitResults([], [], True) if stopped else WaitResults([callback], [outcome], False)
 
     consumer._drain_messages = drain_marked
     consumer.wait_first = first_inline
 
-
-def close_unstarted(awaitables: tuple[Awaitable[Any] | Any, ...]) -> None:
-    """Close coroutines that will never run, so Python does not warn that they were never awaited."""
-    for awaitable in awaitables:
-        if asyncio.iscoroutine(awaitable):
-            awaitable.close()

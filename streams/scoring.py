@@ -41,6 +41,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
+from streams.inline import start_inline
+
 log = logging.getLogger("igrec.worker")
 
 SCORER_PROCESS = "igrec-scorer"
@@ -241,8 +243,14 @@ class ScoringThread(Generic[T, R]):
 
 async def unless_stopped(awaitable: Awaitable[Any], watched: asyncio.Future) -> Any:
     """``await awaitable``, unless ``watched`` (a task or future that the awaited work depends on) ends first:
-    then its exception, or a RuntimeError when it ended without one, is raised instead of waiting forever."""
+    then its exception, or a RuntimeError when it ended without one, is raised instead of waiting forever.
+    A coroutine runs inline up to its first suspension (:func:`streams.inline.start_inline`): one that
+    does not wait (room in the queue) takes no task and no turn of the event loop."""
     if not watched.done():
+        if asyncio.iscoroutine(awaitable):
+            finished, awaitable = start_inline(awaitable)
+            if finished:
+                return awaitable
         waiter = asyncio.ensure_future(awaitable)
         await asyncio.wait({waiter, watched}, return_when=asyncio.FIRST_COMPLETED)
         if waiter.done():

@@ -16,7 +16,8 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from mode import Service
 
-from streams.inline_delivery import Resumed, deliver_inline
+from streams.inline import Resumed, start_inline
+from streams.inline_delivery import deliver_inline
 
 TP = ("events", 0)
 
@@ -173,3 +174,17 @@ async def test_resumed_forwards_results_and_errors_into_the_coroutine() -> None:
     ok.set_result(7)
     bad.set_exception(ValueError("broken"))
     assert await asyncio.gather(*resumed) == ["got 7", "caught broken"]
+
+
+async def test_start_inline_finishes_what_does_not_wait_and_hands_back_what_does() -> None:
+    async def at_once() -> int:
+        return 3
+
+    async def later() -> int:
+        await asyncio.sleep(0.01)
+        return 4
+
+    assert start_inline(at_once()) == (True, 3)
+    finished, rest = start_inline(later())
+    assert not finished
+    assert await asyncio.ensure_future(rest) == 4

@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,5 +186,27 @@ def test_unless_stopped_raises_the_watched_tasks_error_instead_of_waiting_foreve
             await unless_stopped(queue.put(2), emitter)
         with pytest.raises(RuntimeError, match="emitter failed"):
             await unless_stopped(queue.put(3), emitter)  # already ended: raised at once
+
+    run(scenario)
+
+
+def test_unless_stopped_takes_no_task_for_what_does_not_wait() -> None:
+    async def scenario() -> None:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        emitter = asyncio.ensure_future(asyncio.sleep(10))
+        created = [0]
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task:
+            created[0] += 1
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        asyncio.get_running_loop().set_task_factory(factory)
+        assert await unless_stopped(queue.put(1), emitter) is None
+        assert created[0] == 0, "room in the queue: put inline"
+        later = asyncio.get_running_loop().call_later(0.05, queue.get_nowait)
+        await unless_stopped(queue.put(2), emitter)  # full: waits in a task until the get
+        assert created[0] == 1 and queue.get_nowait() == 2
+        later.cancel()
+        emitter.cancel()
 
     run(scenario)
