@@ -48,7 +48,7 @@ from mode.utils.times import want_seconds
 
 from streams import faust_fixes, metrics
 from streams.changelog import OutboxTable
-from streams.inline_delivery import deliver_inline
+from streams.inline_delivery import deliver_inline, take_in_runs
 from streams.next_counts import (
     UnreadableCount,
     UnreadableTransitions,
@@ -422,6 +422,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
 
     faust_fixes.install(app)
     deliver_inline(app.consumer)
+    take_in_runs()
     return app
 
 

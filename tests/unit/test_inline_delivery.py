@@ -1,7 +1,8 @@
 """streams.inline_delivery: faust's own drain loop (``Consumer._drain_messages``, run here on a bare mode Service)
 hands each message to its callback without creating tasks when the callback does not wait; a callback that
 waits is resumed by faust's ``wait_first`` and can still be interrupted by a suspended flow; other
-``wait_first`` callers are unchanged."""
+``wait_first`` callers are unchanged. faust's own stream iterator takes queued events in runs, not one per
+turn of the event loop."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import faust
+import faust._cython.streams as compiled_streams
+import pytest
 from faust.transport.consumer import Consumer
 from mode import Service
 
 from streams.inline import Resumed, start_inline
-from streams.inline_delivery import deliver_inline
+from streams.inline_delivery import deliver_inline, take_in_runs
 
 TP = ("events", 0)
 
@@ -188,3 +192,40 @@ async def test_start_inline_finishes_what_does_not_wait_and_hands_back_what_does
     finished, rest = start_inline(later())
     assert not finished
     assert await asyncio.ensure_future(rest) == 4
+
+
+async def turns_to_stream(count: int) -> int:
+    """Turns of the event loop a faust stream takes to yield ``count`` events already in its queue."""
+    app = faust.App("igrec-test-inline", broker="kafka://127.0.0.1:1", store="memory://")
+    app.flow_control.resume()
+    stream = app.channel().stream()
+    for value in range(count):
+        await stream.channel.put(value)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.ensure_future(count_turns())
+    try:
+        taken = 0
+        async for _ in stream:
+            taken += 1
+            if taken == count:
+                return turns
+    finally:
+        counter.cancel()
+    raise AssertionError("the stream ended early")
+
+
+async def test_a_stream_takes_what_is_queued_in_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compiled_streams, "sleep", compiled_streams.sleep)  # restored after the test
+    one_by_one = await turns_to_stream(200)
+    take_in_runs(64)
+    take_in_runs(64)  # a second call changes nothing
+    in_runs = await turns_to_stream(200)
+    assert one_by_one >= 199, "faust's iterator: one event per turn"
+    assert in_runs <= 200 // 64 + 1
