@@ -3,7 +3,7 @@
 What most of the worker's awaits wait for is usually ready already (room in a queue, a free semaphore slot, an
 event that is set). Wrapping each in a task, as ``asyncio.wait`` and mode's ``wait_first`` do, costs a turn of
 the event loop or two, in which every other ready task runs first: the agent's admission and faust's delivery
-of fetched messages then waited behind the emitter's work (docs/results.md, "Delivery without a task per
+of fetched messages then waited behind the emitter's work (docs/results.md, "Delivery without a turn per
 message").
 """
 

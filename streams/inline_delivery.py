@@ -25,11 +25,15 @@ per turn; it still yields whenever its queue is empty, and ``take_events`` stops
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+from faust import streams as faust_streams
 from mode.services import WaitResults
 
 from streams.inline import close_unstarted, start_inline
+
+log = logging.getLogger("igrec.worker")
 
 STREAM_RUN = 64
 """Events a faust stream takes from its queue before it lets other tasks run (:func:`take_in_runs`)."""
@@ -69,15 +73,13 @@ def deliver_inline(consumer: Any) -> None:
     consumer.wait_first = first_inline
 
 
-
 def take_in_runs(run: int = STREAM_RUN) -> None:
     """Make faust's stream iterator yield to the event loop once every ``run`` events instead of before each.
     Process-wide (faust's compiled iterator looks ``sleep`` up in its module); calling it again changes nothing.
-    Raises RuntimeError when faust runs its pure-Python iterator, which this does not reach."""
-    from faust import streams
-
-    if streams._CStreamIterator is None:
-        raise RuntimeError("faust runs its pure-Python stream iterator: install faust-streaming's compiled wheel")
+    faust's pure-Python iterator (where its compiled extension is missing) is left as it is, with a warning."""
+    if faust_streams._CStreamIterator is None:
+        log.warning("faust runs its pure-Python stream iterator: streams take one event per turn of the event loop")
+        return
     import faust._cython.streams as compiled
 
     if getattr(compiled.sleep, "yields_every", None) is not None:

@@ -229,3 +229,13 @@ async def test_a_stream_takes_what_is_queued_in_runs(monkeypatch: pytest.MonkeyP
     in_runs = await turns_to_stream(200)
     assert one_by_one >= 199, "faust's iterator: one event per turn"
     assert in_runs <= 200 // 64 + 1
+
+
+def test_faust_without_its_compiled_iterator_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(faust.streams, "_CStreamIterator", None)
+    monkeypatch.setattr(compiled_streams, "sleep", compiled_streams.sleep)
+    before = compiled_streams.sleep
+    take_in_runs()
+    assert compiled_streams.sleep is before
+    assert "pure-Python stream iterator" in caplog.text
