@@ -13,7 +13,9 @@ fetch reaching the event loop and its last message reaching a stream. The callba
 only puts the event into each subscribed stream's queue. So it runs in the draining task itself, up to its
 first suspension (:func:`streams.inline.start_inline`). If it completes there, nothing else is needed. If it
 suspends (a full queue, flow control paused for a rebalance, a producer over its buffer), the suspended
-callback goes to faust's own ``wait_first`` as before, so a suspension of the flow still interrupts it.
+callback goes to faust's own ``wait_first`` as before, so a suspension of the flow still interrupts it. (Its
+first step runs in the draining task's context rather than a copy of it; faust's callback sets no context
+variable.)
 
 **A stream's queue -> the agent's batch** (:func:`take_in_runs`). faust's stream iterator (its compiled
 ``StreamIterator``) awaits ``asyncio.sleep(0)`` before every event it takes from its queue, so a stream takes
