@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Neo4j transaction of UNWIND + MERGE statements; offsets are committed only after Neo4j commits; malformed "
         "triples go to the triples DLQ with the reason. Waits with backoff while Neo4j is unreachable.",
     )
-    sink.add_argument("--batch-size", type=int, default=5000, help="most triples per Neo4j transaction")
+    sink.add_argument("--batch-size", type=int, default=5000,
+                      help="most messages per poll, and most facts per Neo4j transaction")
     sink.add_argument("--until-caught-up", action="store_true", help="exit once every triple so far is written")
     sink.add_argument("--log-format", choices=["json", "text"], default="json", help="log lines as JSON or text")
     sink.set_defaults(func=_sink)

@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.replay import session_events
 from streams.settings import ROOT, Settings
+from streams.triples import facts_of
 
 
 def isolated_settings(settings: Settings) -> Settings:
@@ -112,10 +113,13 @@ async def collect(
     timeout: float,
     key: Callable[[dict], str] = lambda record: record["event_id"],
     watch: list[WorkerProcess] | None = None,
+    unpack: Callable[[dict], list[dict]] = lambda message: [message],
 ) -> dict[str, list[dict]]:
-    """Read ``topic`` from the start until ``want`` distinct ``key(record)`` were seen (or ``timeout``).
+    """Read ``topic`` from the start until ``want`` distinct ``key(record)`` were seen (or ``timeout``); the
+    records of a message are ``unpack(message)`` (e.g. :func:`streams.triples.facts_of`).
 
-    Returns every record per key, duplicates included, so callers can check re-deliveries too."""
+    Returns every record per key in the order read, duplicates included, so callers can check re-deliveries
+    too."""
     consumer = AIOKafkaConsumer(
         topic,
         **settings.aiokafka_kwargs(),
@@ -133,8 +137,8 @@ async def collect(
             batch = await consumer.getmany(timeout_ms=1000)
             for messages in batch.values():
                 for message in messages:
-                    record = orjson.loads(message.value)
-                    seen.setdefault(key(record), []).append(record)
+                    for record in unpack(orjson.loads(message.value)):
+                        seen.setdefault(key(record), []).append(record)
     finally:
         await consumer.stop()
     if len(seen) < want:
@@ -229,7 +233,7 @@ def next_counts(settings: Settings, sessions: list[list[int]], timeout: float) -
     expected = dict(Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s)))
     deadline = time.monotonic() + timeout
     while True:
-        triples = asyncio.run(collect(settings, settings.topic_triples, 10**9, timeout=3,
+        triples = asyncio.run(collect(settings, settings.topic_triples, 10**9, timeout=3, unpack=facts_of,
                                       key=lambda t: f"{t['head']['id']}>{t['tail']['id']}"
                                       if t.get("rel") == "NEXT" else ""))
         counts = {tuple(k.split(">")): records[-1]["props"]["count"] for k, records in triples.items() if k}

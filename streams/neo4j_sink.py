@@ -1,9 +1,10 @@
 """The Neo4j sink: ``igrec.kg.triples`` -> Neo4j, batched, idempotent, and safe across crashes and outages.
 
-Each poll of up to ``batch_size`` messages becomes one managed write transaction of ``UNWIND $rows ...
-MERGE`` statements, one per relationship type or node label. Kafka offsets are committed only after Neo4j
-has committed, so a crash re-delivers at most the last batch, and since every value is an absolute (``SET
-r += row.props``), writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
+Each poll of up to ``batch_size`` messages (a message is one fact or a bundle of them) becomes managed write
+transactions of at most ``batch_size`` facts each, in order, of ``UNWIND $rows ... MERGE`` statements, one per
+relationship type or node label. Kafka offsets are committed only after Neo4j has committed the last, so a
+crash re-delivers at most the last poll, and since every value is an absolute (``SET r += row.props``),
+writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
 and their source topic/partition/offset. While Neo4j is unreachable the sink waits with backoff and keeps
 the batch; nothing is skipped.
 """
@@ -157,6 +158,7 @@ def counts(driver: Driver, database: str) -> dict[str, int]:
 class SinkStats:
     messages: int = 0
     written: int = 0
+    """Facts written (a bundle message holds several)."""
     dead_lettered: int = 0
     batches: int = 0
     retries: int = 0
@@ -165,7 +167,8 @@ class SinkStats:
 
 
 class Neo4jSink:
-    """Consumes the triples topic in a consumer group and writes each poll as one Neo4j transaction."""
+    """Consumes the triples topic in a consumer group and writes each poll to Neo4j (at most ``batch_size`` facts
+    per transaction) before committing its offsets."""
 
     def __init__(
         self,
@@ -225,16 +228,16 @@ class Neo4jSink:
         for messages in batch.values():
             for message in messages:
                 try:
-                    triples.append(parse(message.value))
+                    triples += parse(message.value)
                 except TripleError as error:
                     dead_letters.append(await self._dead_letter(producer, message, error))
         await asyncio.gather(*dead_letters)  # raises if Kafka refused one: the batch is then not committed
-        if triples:
-            began = time.monotonic()
+        began = time.monotonic()
+        for i in range(0, len(triples), self.batch_size):
             self.stats.retries += await asyncio.to_thread(
-                write_with_backoff, driver, self.settings.neo4j_database, triples
+                write_with_backoff, driver, self.settings.neo4j_database, triples[i:i + self.batch_size]
             )
-            self.stats.seconds_writing += time.monotonic() - began
+        self.stats.seconds_writing += time.monotonic() - began
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
         try:
             await consumer.commit(offsets)

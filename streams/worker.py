@@ -9,10 +9,10 @@ One faust agent takes up to ``batch_max`` events or whatever arrived within ``ba
 
 A feeder thread (``streams.scoring``) takes everything admitted and waiting as soon as the scorer is free and
 has it scored by ``export.scorer.Scorer`` in a child process (one request per chunk of at most ``SCORE_CHUNK``
-events), so chunks grow with the load. An emitter task takes the scored chunks in order and sends a
-Recommendation and an EnrichedEvent per event and the knowledge triples the event creates, encoded into Kafka
-record batches (``streams.outbox``) rather than one producer call at a time. So the event loop admits batch
-n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
+events), so chunks grow with the load. An emitter task takes the scored chunks in order and sends, per event,
+a Recommendation, an EnrichedEvent and one bundle of the knowledge triples the event creates, encoded into
+Kafka record batches (``streams.outbox``) rather than one producer call at a time. So the event loop admits
+batch n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after Kafka has
 acknowledged everything the event wrote (its state's changelog, transitions and outputs, or its dead
@@ -63,7 +63,7 @@ from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stoppe
 from streams.settings import Settings
 from streams.state import OversizedSession, SessionPolicy, Step, UnreadableState, apply_event, read_state
 from streams.topics import default_partition, ensure_topics
-from streams.triples import edge
+from streams.triples import Triple, bundles, edge
 from streams.validate import EventError, parse_event
 
 log = logging.getLogger("igrec.worker")
@@ -259,8 +259,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 interest_items_sent.clear()
             interest_items_sent.add(event.item_id)
             item_interests = scoring.item_interests
-        for fact in event_triples(event, step, scoring, model_version, item_interests):
-            out.add(settings.topic_triples, key, fact)
+        for bundle in bundles(event_triples(event, step, scoring, model_version, item_interests)):
+            out.add(settings.topic_triples, key, bundle)
         metrics.LATENCY.observe(now - item.kafka_ts)
 
     @app.agent(events)
@@ -344,7 +344,9 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         """Global NEXT counts, one pair per key, so each count lives on one worker. A transition counts once:
         per source partition the pair keeps the highest source offset it has counted, and a user's events
         (hence their transitions) arrive in offset order, so a re-delivered transition is recognised. A
-        message or a stored count it cannot read is dead-lettered (see :mod:`streams.next_counts`)."""
+        message or a stored count it cannot read is dead-lettered (see :mod:`streams.next_counts`). The NEXT
+        facts of one transitions message go out as one bundle, to the triples partition of that message's
+        partition: a pair always hashes to one transitions partition, so its counts reach the sink in order."""
         out = await open_outbox()
         next_counts.write_through(out)
         hold_messages(stream)
@@ -357,6 +359,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 log.error("transitions message unreadable: dead-lettered", extra={"fields": {
                     "partition": message.partition, "offset": message.offset, "error": str(error)}})
                 bundle = []
+            facts = []
             for transition in bundle:
                 key = transition_key(transition["head"], transition["tail"])
                 try:
@@ -372,8 +375,11 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                 if new is not None:
                     state = new
                     next_counts[key] = orjson.dumps(state)
-                fact = edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]), count=state["count"])
-                out.add(settings.topic_triples, key, fact.to_json())
+                facts.append(edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]),
+                                  count=state["count"]))
+            partition = message.partition % out.partition_count(settings.topic_triples)
+            for facts_message in bundles(facts):
+                out.add(settings.topic_triples, None, facts_message, partition)
             release_when_delivered([await out.send()], [message])
 
     def release_when_delivered(deliveries: list[asyncio.Future], messages: list[Any]) -> None:
@@ -580,8 +586,9 @@ def _fetch_state(consumer: Any) -> dict[str, dict[str, Any]] | None:
 
 
 def event_triples(event: Event, step: Step, scoring: Scoring | None = None, model_version: str = "",
-                  item_interests: list[float] | None = None) -> list[bytes]:
-    """The knowledge facts one event creates, as absolute values (safe to re-deliver).
+                  item_interests: list[float] | None = None) -> list[Triple]:
+    """The knowledge facts one event creates, as absolute values (safe to re-deliver); the worker sends them as
+    one bundle message.
 
     With interest weights: ``(User)-[:INTERESTED_IN {weight}]->(Interest)`` per interest, the weights of
     the user's current session (so the graph holds each user's latest interests), and, given the clicked
@@ -602,7 +609,7 @@ def event_triples(event: Event, step: Step, scoring: Scoring | None = None, mode
         if item_interests is not None:
             facts += [edge(("Item", event.item_id), "IN_INTEREST", ("Interest", f"{model_version}/{m}"), weight=w)
                       for m, w in enumerate(item_interests)]
-    return [fact.to_json() for fact in facts]
+    return facts
 
 
 def internal_topics(app: faust.App) -> tuple[list[str], dict[str, dict[str, str]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from streams.harness import group_offsets, wait_until
 from streams.kg import facts_jsonl_triples, kg_txt_triples, snapshot
 from streams.neo4j_sink import SINK_GROUP, Neo4jSink, connect
 from streams.settings import ROOT, Settings
-from streams.triples import Triple, edge, node
+from streams.triples import Triple, bundles, edge, node
 
 pytestmark = pytest.mark.integration
 TMALL = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall"
@@ -93,6 +94,33 @@ async def test_replaying_the_same_triples_changes_nothing(settings: Settings, to
     assert graph(settings, prefix) == first, "the same triples delivered again must change nothing"
     await drain(settings, topic_name, group=f"{topic_name}-b")
     assert graph(settings, prefix) == first, "a full replay from offset 0 (twice the triples) must change nothing"
+
+
+async def test_bundles_write_what_single_facts_write(settings: Settings, topic_name: str) -> None:
+    """The same facts as one message each and as bundles of 1 to 9 (the worker's shape: one bundle per event,
+    one per transitions message), read in polls whose facts span several transactions: the same graph, and
+    delivering the bundles again changes nothing."""
+    single, bundled = f"{uuid.uuid4().hex[:8]}:", f"{uuid.uuid4().hex[:8]}:"
+    await publish(settings, topic_name, [t.to_json() for t in real_triples(single)])
+    facts = real_triples(bundled)
+    bundle_payloads, begin = [], 0
+    for size in itertools.cycle(range(1, 10)):
+        if begin >= len(facts):
+            break
+        bundle_payloads += bundles(facts[begin:begin + size])
+        begin += size
+    assert len(bundle_payloads) < len(facts) / 4
+    await publish(settings, f"{topic_name}.bundles", bundle_payloads)
+    await drain(settings, topic_name, group=f"{topic_name}-a")
+    sink = Neo4jSink(settings, group_id=f"{topic_name}-b", topic=f"{topic_name}.bundles", batch_size=40)
+    await asyncio.wait_for(sink.run(until_caught_up=True), timeout=300)
+    assert sink.stats.written == len(facts) and sink.stats.messages == len(bundle_payloads)
+    first = graph(settings, bundled)
+    assert first == graph(settings, single)
+
+    await publish(settings, f"{topic_name}.bundles", bundle_payloads)
+    await drain(settings, f"{topic_name}.bundles", group=f"{topic_name}-b")
+    assert graph(settings, bundled) == first
 
 
 async def test_item_knowledge_replays_identically(settings: Settings, topic_name: str, tmp_path) -> None:
@@ -195,11 +223,15 @@ async def test_malformed_triples_go_to_the_dlq_with_reasons(settings: Settings, 
         ): "identifying properties",
         orjson.dumps({"schema_version": 1, "head": {"label": "Item", "id": "1", "props": {"x": {"y": 1}}}}): "values",
         orjson.dumps({"schema_version": 7, "head": {"label": "Item", "id": "1"}}): "schema_version",
+        orjson.dumps({"schema_version": 1, "facts": [
+            {"head": {"label": "Item", "id": f"{prefix}lost"}}, {"head": {"label": "Robot", "id": "1"}},
+        ]}): "facts[1]: head.label",
     }
-    await publish(settings, topic_name, [good[0], *bad, *good[1:]])
+    good_bundle = bundles([node("Item", f"{prefix}b{i}", n=i) for i in range(3)])
+    await publish(settings, topic_name, [good[0], *bad, *good[1:], *good_bundle])
     sink = await drain(settings, topic_name, group=topic_name)
-    assert sink.stats.dead_lettered == len(bad) and sink.stats.written == len(good)
-    assert len(graph(settings, prefix)[0]) == len(good)
+    assert sink.stats.dead_lettered == len(bad) and sink.stats.written == len(good) + 3
+    assert len(graph(settings, prefix)[0]) == len(good) + 3, "a refused bundle writes none of its facts"
 
     consumer = AIOKafkaConsumer(settings.topic_triples_dlq, **settings.aiokafka_kwargs(), auto_offset_reset="earliest")
     await consumer.start()

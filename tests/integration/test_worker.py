@@ -35,6 +35,7 @@ from streams.harness import (
 from streams.replay import cases_to_sessions, publish, publish_payloads, session_events
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
+from streams.triples import facts_of
 
 pytestmark = pytest.mark.integration
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
@@ -78,9 +79,13 @@ def assert_interests_served(iso: Settings, scorer, sessions: list[list[int]], ru
         indices = scorer.index_of([str(i) for i in prefixes[event_id]])
         np.testing.assert_allclose(records[-1]["interest_weights"], scorer.interests[indices].mean(0), atol=1e-6)
     users = {e["user_id"] for e in events}
-    triples = asyncio.run(collect(iso, iso.topic_triples, 10**9, timeout=15,
-                                  key=lambda t: f"{t['head']['id']}|{t.get('rel')}|{t.get('tail', {}).get('id')}"))
-    assert_valid("triples", [t for records in triples.values() for t in records])
+    messages = asyncio.run(collect(iso, iso.topic_triples, 10**9, timeout=15, key=lambda m: orjson.dumps(m).decode()))
+    assert_valid("triples", [m for records in messages.values() for m in records])
+    assert all("facts" in m[0] for m in messages.values()), "the worker sends its facts as bundles"
+    triples: dict[str, list[dict]] = {}
+    for message in messages.values():
+        for t in facts_of(message[0]):
+            triples.setdefault(f"{t['head']['id']}|{t.get('rel')}|{t.get('tail', {}).get('id')}", []).append(t)
     interested = {k.split("|")[0] for k in triples if "|INTERESTED_IN|" in k}
     assert interested == users, "every user's interests are in the graph"
     k = scorer.interests.shape[1]

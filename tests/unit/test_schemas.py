@@ -9,7 +9,7 @@ from jsonschema import Draft202012Validator
 from model.facts import Fact
 from streams.records import SCHEMA_VERSION, EnrichedEvent, Event, Recommendation, topic_schemas
 from streams.settings import ROOT, Settings
-from streams.triples import TripleError, edge, from_fact, node, parse
+from streams.triples import TripleError, bundles, edge, from_fact, node, parse
 
 TOPICS = Settings().topics
 SCHEMAS = {topic: Draft202012Validator(schema) for topic, schema in topic_schemas(TOPICS).items()}
@@ -25,16 +25,17 @@ def test_the_committed_schema_files_are_the_generated_ones() -> None:
 
 
 def test_every_triple_the_code_makes_is_valid() -> None:
-    for triple in [
+    triples = [
         node("Item", "7", title="Navy Shirt", tags=["a", "b"]),
         edge(("Session", "s"), "CLICKED", ("Item", "7"), pos=0, ts=1.7e9),
         edge(("Item", "7"), "NEXT", ("Item", "8"), count=3),
         edge(("User", "u"), "INTERESTED_IN", ("Interest", "m/0"), weight=0.4),
         from_fact(Fact("Item", "7", "RELATED", "Item", "8", {"type": "also_viewed", "score": 0.9})),
         from_fact(Fact("Item", "7", "HAS", "Entity", "colour:navy", {"relation": "colour"})),
-    ]:
-        errors = list(TRIPLES.iter_errors(orjson.loads(triple.to_json())))
-        assert not errors, f"{triple}: {errors[0].message}"
+    ]
+    for message in [*(triple.to_json() for triple in triples), *bundles(triples)]:
+        errors = list(TRIPLES.iter_errors(orjson.loads(message)))
+        assert not errors, f"{message!r}: {errors[0].message}"
 
 
 @pytest.mark.parametrize("message", [
@@ -48,6 +49,11 @@ def test_every_triple_the_code_makes_is_valid() -> None:
     {"head": {"label": "Item", "id": "1", "props": {"bad name": 1}}},
     {"head": {"label": "Item", "id": "1", "props": {"nested": {"a": 1}}}},
     {"head": {"label": "Item", "id": "1"}, "tail": {"label": "Item", "id": "2"}},
+    {},
+    {"facts": []},
+    {"facts": [{"head": {"label": "Item", "id": "1"}}, {"head": {"label": "Brand", "id": "x"}}]},
+    {"facts": [{"head": {"label": "Item", "id": "1"}}], "head": {"label": "Item", "id": "1"}},
+    {"facts": [{"head": {"label": "Item", "id": "1"}}] * 1001},
 ])
 def test_the_schema_refuses_what_the_sink_refuses(message: dict) -> None:
     raw = orjson.dumps({"schema_version": SCHEMA_VERSION, **message})

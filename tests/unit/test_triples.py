@@ -6,19 +6,45 @@ import orjson
 import pytest
 
 from streams.neo4j_sink import EDGE_CYPHER, statements
-from streams.triples import RELATIONSHIPS, TripleError, edge, node, parse
+from streams.triples import MAX_FACTS, RELATIONSHIPS, TripleError, bundles, edge, node, parse
+
+ITEM = {"label": "Item", "id": "1"}
 
 
 def test_round_trip_through_json() -> None:
     fact = edge(("Session", "s1"), "CLICKED", ("Item", 42), pos=3, ts=1.5)
-    assert parse(fact.to_json()) == fact
-    assert parse(node("Item", "7", title="t", tags=["a", "b"]).to_json()).head_props == {
+    assert parse(fact.to_json()) == [fact]
+    assert parse(node("Item", "7", title="t", tags=["a", "b"]).to_json())[0].head_props == {
         "title": "t",
         "tags": ["a", "b"],
     }
 
 
-ITEM = {"label": "Item", "id": "1"}
+def test_bundles_round_trip_in_order_and_split_at_the_limit() -> None:
+    facts = [edge(("Item", i), "NEXT", ("Item", i + 1), count=i) for i in range(MAX_FACTS + 3)] + [node("Item", "x")]
+    messages = bundles(facts)
+    assert [len(orjson.loads(m)["facts"]) for m in messages] == [MAX_FACTS, 4]
+    assert [t for m in messages for t in parse(m)] == facts
+    assert bundles([]) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "code"),
+    [
+        ({"facts": []}, "1..1000 facts", "invalid_bundle"),
+        ({"facts": {"head": ITEM}}, "1..1000 facts", "invalid_bundle"),
+        ({"facts": [{"head": ITEM}] * (MAX_FACTS + 1)}, "1..1000 facts", "invalid_bundle"),
+        ({"facts": [{"head": ITEM}, 7]}, r"facts\[1\]: a fact must be an object", "invalid_bundle"),
+        ({"facts": [{"head": ITEM}, {"head": ITEM}, {"head": {"label": "Robot", "id": "1"}}]},
+         r"facts\[2\]: head.label", "unknown_label"),
+        ({"head": ITEM, "facts": [{"head": ITEM}]}, "not both", "fact_and_bundle"),
+    ],
+)
+def test_an_invalid_bundle_is_refused_whole_and_says_which_fact(message: dict, reason: str, code: str) -> None:
+    with pytest.raises(TripleError, match=reason) as refused:
+        parse(orjson.dumps({"schema_version": 1, **message}))
+    assert refused.value.code == code
+
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 
 from streams import metrics
@@ -21,6 +20,7 @@ from streams.scoring import SCORER_PROCESS, name_os_thread, prepare_thread, scor
 from streams.settings import ROOT
 from streams.state import Step
 from streams.topics import default_partition
+from streams.triples import bundles, parse
 from streams.worker import StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class
 
 
@@ -72,23 +72,23 @@ def test_unknown_items_are_kept_out_of_scoring_and_empty_sessions_are_not_scored
 def test_interest_triples_carry_absolute_weights_and_item_facts_only_when_new() -> None:
     event = Event(schema_version=1, event_id="e", user_id="u", item_id="2", ts=1.7e9)
     scoring = score_batch(FakeScorer(), [step(["1", "2"], position=1)])[0]
-    facts = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1",
-                                                    scoring.item_interests)]
-    user = [f for f in facts if f["rel"] == "INTERESTED_IN"]
-    assert [(f["tail"]["id"], round(f["props"]["weight"], 6)) for f in user] == [("m1/0", 0.15), ("m1/1", 0.85)]
-    item = [f for f in facts if f["rel"] == "IN_INTEREST"]
-    assert [(f["head"]["id"], round(f["props"]["weight"], 6)) for f in item] == [("2", 0.2), ("2", 0.8)]
-    again = [orjson.loads(t) for t in event_triples(event, step(["1", "2"], position=1), scoring, "m1")]
-    assert "IN_INTEREST" not in {f["rel"] for f in again}
+    facts = event_triples(event, step(["1", "2"], position=1), scoring, "m1", scoring.item_interests)
+    user = [f for f in facts if f.rel == "INTERESTED_IN"]
+    assert [(f.tail_id, round(f.props["weight"], 6)) for f in user] == [("m1/0", 0.15), ("m1/1", 0.85)]
+    item = [f for f in facts if f.rel == "IN_INTEREST"]
+    assert [(f.head_id, round(f.props["weight"], 6)) for f in item] == [("2", 0.2), ("2", 0.8)]
+    again = event_triples(event, step(["1", "2"], position=1), scoring, "m1")
+    assert "IN_INTEREST" not in {f.rel for f in again}
+    assert parse(bundles(facts)[0]) == facts, "one event's facts fit one valid bundle"
 
 
 def test_event_triples_are_absolute_and_mark_new_sessions() -> None:
     event = Event(schema_version=1, event_id="e", user_id="u", item_id="7", ts=1.7e9)
-    first = [orjson.loads(t) for t in event_triples(event, step(["7"], position=0))]
-    assert [t["rel"] for t in first] == ["CLICKED", "HAD"]
-    assert first[0]["props"] == {"pos": 0, "ts": 1.7e9}
-    later = [orjson.loads(t) for t in event_triples(event, step(["1", "7"], position=1, previous="1"))]
-    assert [t["rel"] for t in later] == ["CLICKED"]
+    first = event_triples(event, step(["7"], position=0))
+    assert [t.rel for t in first] == ["CLICKED", "HAD"]
+    assert first[0].props == {"pos": 0, "ts": 1.7e9}
+    later = event_triples(event, step(["1", "7"], position=1, previous="1"))
+    assert [t.rel for t in later] == ["CLICKED"]
     assert event_triples(event, step([], found=False)) == []
 
 
