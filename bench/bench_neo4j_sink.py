@@ -3,9 +3,10 @@
 Real item knowledge (session_kg_dsrhk kg.txt) under a fresh id prefix, so every run creates new nodes:
   1. one managed transaction per triple (the naive sink), on a sample;
   2. the sink's batched write (one UNWIND + MERGE transaction per batch), on all triples;
-  3. end to end: publish to a fresh Kafka topic, then the Neo4j sink consumes and writes until caught up.
-Prints a table; the ratio of (2) to (1) is the result. Uses the configured stack (IGREC_* settings);
-starts the local one if it is not running.
+  3. end to end: publish to a fresh Kafka topic, then the Neo4j sink consumes and writes until caught up;
+  4. the same with the facts in bundles of --bundle per message (the worker's shape: one bundle per event).
+Prints a table; the ratio of (2) to (1) is the result, and (4) against (3) what bundling saves the sink.
+Uses the configured stack (IGREC_* settings); starts the local one if it is not running.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from streams.kg import kg_txt_triples
 from streams.neo4j_sink import Neo4jSink, connect, ensure_schema, write_triples
 from streams.replay import publish_payloads
 from streams.settings import ROOT, Settings
+from streams.triples import bundles
 
 DEFAULT_KG = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall" / "kg.txt"
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--triples", type=int, default=100_000, help="triples for the batched runs")
     parser.add_argument("--single", type=int, default=2_000, help="triples for the one-per-transaction run")
     parser.add_argument("--batch-size", type=int, default=5_000)
+    parser.add_argument("--bundle", type=int, default=8, help="facts per message in run 4")
     args = parser.parse_args()
 
     settings = Settings.load()
@@ -50,13 +53,17 @@ def main() -> None:
             write_triples(driver, settings.neo4j_database, batched[start : start + args.batch_size])
         rows.append((f"batched UNWIND ({args.batch_size}/tx)", len(batched), time.perf_counter() - began))
 
-    streamed = [t.to_json() for t in kg_txt_triples(args.kg, prefix=f"b{uuid.uuid4().hex[:6]}:", limit=args.triples)]
-    topic = f"bench.triples.{uuid.uuid4().hex[:8]}"
-    asyncio.run(publish_payloads(settings, topic, streamed))
-    sink = Neo4jSink(settings, group_id=topic, topic=topic, batch_size=args.batch_size)
-    began = time.perf_counter()
-    stats = asyncio.run(sink.run(until_caught_up=True))
-    rows.append(("Kafka -> sink -> Neo4j (end to end)", stats.written, time.perf_counter() - began))
+    for name, per_message in (("Kafka -> sink -> Neo4j (end to end)", 1),
+                              (f"the same, {args.bundle} facts per message", args.bundle)):
+        facts = list(kg_txt_triples(args.kg, prefix=f"b{uuid.uuid4().hex[:6]}:", limit=args.triples))
+        payloads = [t.to_json() for t in facts] if per_message == 1 else [
+            m for i in range(0, len(facts), per_message) for m in bundles(facts[i:i + per_message])]
+        topic = f"bench.triples.{uuid.uuid4().hex[:8]}"
+        asyncio.run(publish_payloads(settings, topic, payloads))
+        sink = Neo4jSink(settings, group_id=topic, topic=topic, batch_size=args.batch_size)
+        began = time.perf_counter()
+        stats = asyncio.run(sink.run(until_caught_up=True))
+        rows.append((name, stats.written, time.perf_counter() - began))
 
     print(f"\n{'mode':<40} {'triples':>9} {'seconds':>9} {'triples/s':>11}")
     for name, count, seconds in rows:
