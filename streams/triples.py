@@ -96,8 +96,8 @@ class Triple(NamedTuple):
 
 
 def bundles(facts: list[Triple]) -> list[bytes]:
-    """``facts`` as bundle messages of at most ``MAX_FACTS`` facts each, in order (none for no facts). One
-    message per event instead of one per fact: the worker writes a fifth of the messages it did."""
+    """``facts`` as bundle messages of at most ``MAX_FACTS`` facts each, in order (none for no facts). The
+    worker sends an event's facts as one message rather than one per fact: half the messages it writes."""
     return [
         orjson.dumps({"schema_version": SCHEMA_VERSION, "facts": [fact.to_dict() for fact in facts[i:i + MAX_FACTS]]})
         for i in range(0, len(facts), MAX_FACTS)
