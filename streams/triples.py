@@ -1,7 +1,7 @@
 """The ``igrec.kg.triples`` contract: knowledge facts as JSON, validated against a whitelisted schema.
 
 A fact is a node or a relationship between two nodes, with absolute property values. A message is one fact,
-or a bundle of up to ``MAX_FACTS`` facts (what one event creates or changes travels together)::
+or a bundle of up to ``MAX_FACTS`` (1,000) facts (what one event creates or changes travels together)::
 
     {"schema_version": 1,
      "head": {"label": "Item", "id": "214", "props": {"title": "..."}},
