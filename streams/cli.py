@@ -163,9 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     sink = commands.add_parser(
         "sink",
         help="run the Neo4j sink: igrec.kg.triples -> Neo4j (batched, idempotent)",
-        description="Consume the triples topic in the consumer group igrec-neo4j-sink and write each poll as one "
-        "Neo4j transaction of UNWIND + MERGE statements; offsets are committed only after Neo4j commits; malformed "
-        "triples go to the triples DLQ with the reason. Waits with backoff while Neo4j is unreachable.",
+        description="Consume the triples topic (messages of one fact or a bundle of facts) in the consumer group "
+        "igrec-neo4j-sink and write each poll as Neo4j transactions of UNWIND + MERGE statements; offsets are "
+        "committed only after Neo4j commits; malformed messages go to the triples DLQ with the reason. Waits with "
+        "backoff while Neo4j is unreachable.",
     )
     sink.add_argument("--batch-size", type=int, default=5000,
                       help="most messages per poll, and most facts per Neo4j transaction")
