@@ -308,7 +308,7 @@ async def _drain_sink(settings: Settings, processes: list[subprocess.Popen], tim
         deadline = time.monotonic() + timeout
         await asyncio.sleep(3.0)
         ends = await consumer.end_offsets(tps)
-        with tqdm(total=sum(ends.values()), desc="sink -> Neo4j", unit="triple") as bar:
+        with tqdm(total=sum(ends.values()), desc="sink -> Neo4j", unit="message") as bar:
             while True:
                 done = sum([await consumer.committed(tp) or 0 for tp in tps])
                 bar.update(done - bar.n)
