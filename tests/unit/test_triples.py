@@ -46,7 +46,6 @@ def test_an_invalid_bundle_is_refused_whole_and_says_which_fact(message: dict, r
     assert refused.value.code == code
 
 
-
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
