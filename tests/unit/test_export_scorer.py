@@ -268,24 +268,53 @@ def test_int8_answer_does_not_depend_on_the_batch(artefact):
         np.testing.assert_allclose(one_scores[0], scores[row], rtol=0, atol=1e-6)
 
 
-def test_int8_refuses_a_graph_without_exact_rescoring(tmp_path):
+@pytest.mark.parametrize("variant", ["int8_model", "fp16_model"])
+def test_reduced_precision_raises_both_candidate_topks(artefact, variant):
+    """Both TopKs of the blockwise candidate pick take RERANK_CANDIDATES, each capped at the width it reads:
+    200 items make 4 blocks of 64, so 4 blocks and then 64 of their 256 columns."""
+    import onnx
+    import onnxruntime as ort
+
+    from export import precision
+
+    model = onnx.load_from_string(getattr(precision, variant)(artefact / MODEL_FILE, N_ITEMS))
+    raised = [node.input[1] for node in model.graph.node
+              if node.op_type == "TopK" and precision._PREFIX in node.input[1]]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(k, onnx.TensorProto.INT64, [1]) for k in raised)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = Scorer(artefact, providers="cpu", bucket=False)._feeds(_random_graphs(9, 3), None)
+    ks = session.run(raised, feeds)
+    assert sorted(int(k[0]) for k in ks) == [4, precision.RERANK_CANDIDATES]
+
+
+@pytest.mark.parametrize("padded, message", [(True, "no exact re-scoring"), (False, "padded item product")])
+def test_int8_refuses_a_graph_without_exact_rescoring(tmp_path, padded, message):
     """A graph whose TopK reads log-probabilities of the full product (an older export, or a network without
-    IGRec.top_k) would rank with the int8 product alone: refused with the reason."""
+    IGRec.top_k) would rank with the int8 product alone, and one without the padded product of the blockwise
+    top-k has no candidate TopKs to raise: both refused with the reason."""
     from onnx import TensorProto, helper, numpy_helper, save
 
     from export.precision import int8_model
 
     table = np.random.default_rng(8).standard_normal((4, N_ITEMS)).astype(np.float32)
+    if padded:
+        table = np.pad(np.vstack([table, np.zeros((1, N_ITEMS), np.float32)]), ((0, 0), (0, 8)))
+        table[-1, N_ITEMS:] = -1e9
+    nodes = [helper.make_node("MatMul", ["q1" if padded else "q", "table"], ["logits"]),
+             helper.make_node("LogSoftmax", ["logits"], ["logp"]),
+             helper.make_node("TopK", ["logp", "k"], ["scores", "items"])]
+    if padded:
+        nodes.insert(0, helper.make_node("Pad", ["q", "pads", "one"], ["q1"]))
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["q", "table"], ["logits"]), helper.make_node("LogSoftmax", ["logits"], ["logp"]),
-         helper.make_node("TopK", ["logp", "k"], ["scores", "items"])],
-        "old", [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", 4])],
+        nodes, "old", [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["B", 4])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", 5]),
          helper.make_tensor_value_info("items", TensorProto.INT64, ["B", 5])],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([5], np.int64), "k")])
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([5], np.int64), "k"),
+         numpy_helper.from_array(np.array([0, 0, 0, 1], np.int64), "pads"),
+         numpy_helper.from_array(np.array(1.0, np.float32), "one")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     save(model, tmp_path / "old.onnx")
-    with pytest.raises(ArtefactError, match="no exact re-scoring"):
+    with pytest.raises(ArtefactError, match=message):
         int8_model(tmp_path / "old.onnx", N_ITEMS)
 
 

@@ -10,10 +10,13 @@ torch = pytest.importorskip("torch")
 
 from model.graphs import build_global_graph, build_history_graphs, build_session_graphs  # noqa: E402
 from model.network import (  # noqa: E402
+    NEG,
     GatedGraphCell,
     ModelConfig,
     Readout,
+    block_top_k,
     build_network,
+    padded_product,
     row_normalize,
     target_log_likelihood,
 )
@@ -186,6 +189,26 @@ def test_top_k_equals_topk_of_the_full_log_probabilities(name):
         items, scores = net.top_k(8, *x)
     torch.testing.assert_close(scores, expected_scores)
     assert torch.equal(items, expected_items)
+
+
+@pytest.mark.parametrize("width, k, clustered", [(64, 20, False), (640, 20, False), (640, 20, True),
+                                                (43136, 20, False), (640, 64, True), (128, 100, False)])
+def test_block_top_k_picks_the_columns_of_torch_topk(width, k, clustered):
+    """Exact, in order: also when the top k share one block, and when the row has fewer blocks than k."""
+    logits = torch.randn(16, width, generator=torch.Generator().manual_seed(width + k))
+    logits[:, -5:] = NEG
+    if clustered:
+        logits[:, 70:70 + k] += 10.0
+    assert torch.equal(block_top_k(logits, k), torch.topk(logits, k).indices)
+
+
+def test_padded_product_equals_the_product_and_pads_with_neg():
+    generator = torch.Generator().manual_seed(3)
+    query, table = torch.randn(5, 16, generator=generator), torch.randn(100, 16, generator=generator)
+    logits = padded_product(query, table, training=False)
+    assert logits.shape == (5, 128)
+    torch.testing.assert_close(logits[:, :100], query @ table.t(), rtol=1e-6, atol=1e-6)
+    assert (logits[:, 100:] == NEG).all()
 
 
 def test_cooccurrence_prior_raises_items_seen_next_to_the_session_items():
