@@ -120,9 +120,14 @@ def _raise_candidates(model: onnx.ModelProto, nodes: list[onnx.NodeProto], logit
 
 
 def _finish(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> bytes:
+    """``model`` with ``nodes`` as its graph, less the initializers no node reads any more, serialised."""
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     del model.graph.value_info[:]
+    read = {name for node in nodes for name in node.input} | {output.name for output in model.graph.output}
+    kept = [init for init in model.graph.initializer if init.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

@@ -528,13 +528,14 @@ class IGRec(nn.Module):
         Outside the session an item's log-probability is its explore log-probability plus
         ``log p(explore)``, the same shift for every item of a row; a session item's repeat mixture is at
         least that. So the top-K lies among the top-K explore items and the session's own items: one
-        product and one TopK over ``[B, V]``, and the repeat mixture for the session items only.
+        product and one pick of its top K (:func:`block_top_k`), and the repeat mixture for the session
+        items only.
 
         The ``[B, V]`` product only ranks and normalises: its top k columns (the candidates) and the session's
         own items are scored again exactly (their table rows times the query, plus the prior), and the top-K
         is taken from those. In float32 this changes nothing (a few ulps); it lets a cheaper, approximate
         product stand in for the big one (:mod:`export.precision` swaps it in the ONNX graph and raises the
-        candidates' TopK to 64) without changing the top-K whenever the exact top-K is among its top
+        candidate count to 64) without changing the top-K whenever the exact top-K is among its top
         candidates. The log-normaliser comes from onnxruntime's fused LogSoftmax over the full logits (a
         separate ReduceLogSumExp over ``[B, V]`` measured 5x slower), corrected with the candidates' exact
         terms (:func:`_log_normaliser`).
