@@ -308,7 +308,9 @@ async def _drain_sink(settings: Settings, processes: list[subprocess.Popen], tim
         deadline = time.monotonic() + timeout
         await asyncio.sleep(3.0)
         ends = await consumer.end_offsets(tps)
-        with tqdm(total=sum(ends.values()), desc="sink -> Neo4j", unit="message") as bar:
+        done = sum([await consumer.committed(tp) or 0 for tp in tps])
+        # initial: the rate then counts what the sink commits while the bar is up, not what it had before
+        with tqdm(total=sum(ends.values()), initial=done, desc="sink -> Neo4j", unit="message") as bar:
             while True:
                 done = sum([await consumer.committed(tp) or 0 for tp in tps])
                 bar.update(done - bar.n)
