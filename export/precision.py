@@ -1,15 +1,14 @@
 """Reduced-precision variants of an artefact's item product, built when a :class:`~export.scorer.Scorer`
 loads (numpy + onnx + onnxruntime; never torch). The artefact on disk stays float32 and verified.
 
-The product of the query with every item (:func:`model.network.padded_product`) is most of a scoring
-call's work. IGRec's graph
-(:meth:`model.network.IGRec.top_k`) uses it only to rank and to normalise: it takes the product's top
-candidates, scores them and the session's own items again exactly from the float32 table, and corrects
-the log-normaliser with those exact terms. So a cheaper product changes the top-K only where the exact
-top-K falls outside its top :data:`RERANK_CANDIDATES`, and the scores only by the tail's share of the
+The product of the query with every item (:func:`model.network.padded_product`) is most of a scoring call's
+work. IGRec's graph (:meth:`model.network.IGRec.top_k`) uses it only to rank and to normalise: it takes the
+product's top candidates, scores them and the session's own items again exactly from the float32 table, and
+corrects the log-normaliser with those exact terms. So a cheaper product changes the top-K only where the
+exact top-K falls outside its top :data:`RERANK_CANDIDATES`, and the scores only by the tail's share of the
 normaliser. Each variant below swaps the product and raises the candidate count from K to
-:data:`RERANK_CANDIDATES` (the K of both TopKs of :func:`model.network.block_top_k`); nothing else in
-the graph changes.
+:data:`RERANK_CANDIDATES` (the K of both TopKs of :func:`model.network.block_top_k`); nothing else in the
+graph changes.
 
 - :func:`int8_model` (CPU): item rows quantised to int8 with a scale per item, each session's query to
   uint8 with a scale per row (not per batch, so a session's answer does not depend on what it is
@@ -60,8 +59,8 @@ normalised values, which pass through arithmetic."""
 
 PADDING_BIAS = -1e30
 """What the int8 product adds to its padding columns before the per-row scale (``s`` in
-:func:`int8_model`, at least ``tiny / 127``): below every real logit even for an all-zero query, finite
-for any query under 3e8."""
+:func:`int8_model`, at least ``tiny / 127``): below every real logit even for an all-zero query, and
+finite unless a query component exceeds 4e10."""
 
 
 def _item_product(model: onnx.ModelProto, n_items: int, path: Path) -> tuple[int, onnx.NodeProto, np.ndarray]:

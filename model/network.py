@@ -640,9 +640,10 @@ def block_top_k(logits: torch.Tensor, k: int, block: int = TOPK_BLOCK) -> torch.
 
 
 def _log_normaliser(logits: torch.Tensor, columns: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """log sum_j exp(logit_j) [B, 1] of ``logits`` [B, V], with the terms of ``columns`` [B, M] taken from
-    ``exact`` [B, M] instead: where ``logits`` is approximate, the largest terms (the top candidates) are
-    then exact, and the normaliser's error is only the tail's. Equal to logsumexp(logits) when exact."""
+    """log sum_j exp(logit_j) [B, 1] of ``logits`` [B, W] (NEG padding adds nothing), with the terms of
+    ``columns`` [B, M] taken from ``exact`` [B, M] instead: where ``logits`` is approximate, the largest
+    terms (the top candidates) are then exact, and the normaliser's error is only the tail's. Equal to
+    logsumexp(logits) when exact."""
     log_norm = logits[:, :1] - torch.log_softmax(logits, -1)[:, :1]
     shares = torch.exp(exact - log_norm).sum(-1, keepdim=True) - torch.exp(
         torch.gather(logits, 1, columns) - log_norm).sum(-1, keepdim=True)
