@@ -13,16 +13,20 @@ Two choices keep both cores busy:
   last one. Submitting each chunk from the event loop (``run_in_executor``) left the scorer idle until the
   loop had resumed the submitting task, and the loop runs one callback at a time: while the agent admitted
   a micro-batch of 256 events (several milliseconds), the scorer waited.
+- **One request ahead**. The thread sends the next chunk before it collects the answer to the current one,
+  so the child starts on it at once: the thread's own turn (the answer in, the next request out) needs the
+  worker's GIL, and the event loop holds that for milliseconds at a time.
 
 Backpressure both ways: :meth:`ScoringThread.put` waits while ``max_waiting`` batches wait for the thread, and
 the thread waits while ``max_scored`` chunks are with the emitter (released by :meth:`ScoringThread.done_with`).
-A failure of the scoring function (the scorer process's included) ends the thread; :meth:`~ScoringThread.put`
+A failure of the scorer (the scorer process's included) ends the thread; :meth:`~ScoringThread.put`
 and :meth:`~ScoringThread.get` then raise it, so the agent fails loudly instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
@@ -39,7 +43,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
+from typing import Any, Generic, NamedTuple, NoReturn, Protocol, TypeVar
 
 from streams.inline import start_inline
 
@@ -132,29 +136,46 @@ def score_batch(scorer: Any, steps: Sequence[SessionPrefix]) -> list[Scoring]:
     return results
 
 
+class Requests(Protocol[T, R]):
+    """A scorer that takes requests ahead of its answers: :meth:`submit` queues one, :meth:`collect` returns the
+    answer to the oldest one not yet collected (one result per item, in order)."""
+
+    def submit(self, items: list[T]) -> None: ...
+
+    def collect(self) -> Sequence[R]: ...
+
+
 class ScoringThread(Generic[T, R]):
-    """Runs ``score(items) -> results`` (one result per item) on its own thread, over every item waiting, in
-    chunks of at most ``chunk`` items, in submission order.
+    """Has ``scorer`` score every item waiting, from a thread of its own, in chunks of at most ``chunk`` items,
+    handed back in submission order.
+
+    The thread keeps ``ahead`` more chunks submitted behind the one being scored, when items are waiting: the
+    scorer (a child process) then starts the next chunk as soon as it has answered one, instead of waiting
+    for this thread, whose Python work (the answer in, the next request out) waits for the GIL the event
+    loop holds.
 
     Args:
-        score: the scoring function. It runs on the thread, so any Python work in it holds the GIL the event
-            loop needs; the worker's (a :class:`ScorerProcess`) mostly waits on its pipe, without the GIL.
-        chunk: most items per call of ``score``.
+        scorer: where chunks go (:class:`Requests`). Its calls run on the thread, so any Python work in them
+            holds the GIL the event loop needs; the worker's (a :class:`ScorerProcess`) mostly waits on its pipe.
+        chunk: most items per request.
         max_waiting: batches :meth:`put` may queue for the thread before it waits.
         max_scored: chunks handed to the event loop and not yet :meth:`done_with` before the thread waits.
+        ahead: chunks submitted beyond the one being scored (0: one request at a time).
         name: OS-level name of the thread.
     """
 
-    def __init__(self, score: Callable[[list[T]], Sequence[R]], *, chunk: int, max_waiting: int, max_scored: int,
+    def __init__(self, scorer: Requests[T, R], *, chunk: int, max_waiting: int, max_scored: int, ahead: int = 1,
                  name: str = FEEDER_THREAD):
-        self._score = score
+        self._scorer = scorer
         self._chunk = chunk
+        self._ahead = ahead
         self._name = name
         self.inbox: queue.Queue[list[T] | None] = queue.Queue()
         self.scored: asyncio.Queue[Chunk[T, R]] = asyncio.Queue()
         self._waiting_slots = asyncio.Semaphore(max_waiting)
         self._scored_slots = threading.Semaphore(max_scored)
         self._stopping = threading.Event()
+        self._pending: list[T] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: asyncio.Future | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -190,29 +211,46 @@ class ScoringThread(Generic[T, R]):
 
     def _run(self) -> None:
         name_os_thread(self._name)
+        submitted: collections.deque[tuple[list[T], float]] = collections.deque()
         try:
             while not self._stopping.is_set():
-                waiting = self._take()
-                if waiting is None:
+                while len(submitted) <= self._ahead:
+                    items = self._next_chunk(wait=not submitted)
+                    if items is None:
+                        break
+                    self._scorer.submit(items)
+                    submitted.append((items, time.perf_counter()))
+                if not submitted:
                     return
-                for begin in range(0, len(waiting), self._chunk):
-                    items = waiting[begin : begin + self._chunk]
-                    began = time.perf_counter()
-                    results = list(self._score(items))
-                    if len(results) != len(items):
-                        raise RuntimeError(f"the scorer answered {len(results)} results for {len(items)} items")
-                    self._scored_slots.acquire()
-                    if self._stopping.is_set():
-                        return
-                    self._call(self.scored.put_nowait, Chunk(items, results, began))
+                items, began = submitted.popleft()
+                results = list(self._scorer.collect())
+                if len(results) != len(items):
+                    raise RuntimeError(f"the scorer answered {len(results)} results for {len(items)} items")
+                self._scored_slots.acquire()
+                if self._stopping.is_set():
+                    return
+                self._call(self.scored.put_nowait, Chunk(items, results, began))
         except BaseException as error:  # handed to the event loop, which raises it in put() and get()
             self._call(self._fail, error)
 
-    def _take(self) -> list[T] | None:
-        """Every batch waiting, up to ``chunk`` items (at least one batch, whatever its size); None to stop."""
-        waiting = self.inbox.get()
-        if waiting is None:
-            return None
+    def _next_chunk(self, wait: bool) -> list[T] | None:
+        """The next chunk of at most ``chunk`` items: from what was taken, else from the inbox (every batch
+        waiting there, up to ``chunk`` items, at least one batch whatever its size). None when nothing is
+        waiting and ``wait`` is false, or when the thread is to stop."""
+        if not self._pending:
+            try:
+                waiting = self.inbox.get(block=wait)
+            except queue.Empty:
+                return None
+            if waiting is None:
+                self._stopping.set()
+                return None
+            self._pending = self._take_more(waiting)
+        items, self._pending = self._pending[: self._chunk], self._pending[self._chunk :]
+        return items
+
+    def _take_more(self, waiting: list[T]) -> list[T]:
+        """``waiting`` and the batches behind it in the inbox, up to ``chunk`` items."""
         taken = 1
         while len(waiting) < self._chunk:
             try:
@@ -293,11 +331,12 @@ class ScorerProcess:
 
     The child is a fresh interpreter (``python -m streams.scoring``) talking over a socket pair: no fork of a
     process with threads and an event loop, and, unlike ``multiprocessing``'s spawn, no re-import of the
-    caller's main module. Calls are serialised (one request on the socket at a time). The child ends when the
-    socket closes, so it does not outlive the worker, killed or not. The constructor raises what the scorer's
-    start-up raised: an ``ArtefactError`` for a corrupted or incompatible artefact (the child verifies it, as
-    ``export.scorer.Scorer`` does), a RuntimeError with the child's traceback for anything else (a GPU provider
-    that cannot start); a failure while scoring is raised by the call, with the child's traceback.
+    caller's main module. Requests may be sent ahead of their answers (:meth:`submit`, :meth:`collect`). The
+    child ends when the socket closes, so it does not outlive the worker, killed or not. The constructor raises
+    what the scorer's start-up raised: an ``ArtefactError`` for a corrupted or incompatible artefact (the child
+    verifies it, as ``export.scorer.Scorer`` does), a RuntimeError with the child's traceback for anything else
+    (a GPU provider that cannot start); a failure while scoring is raised by the call, with the child's
+    traceback.
 
     Args:
         artefact, providers, threads, fp16, int8: as for ``export.scorer.Scorer``.
@@ -319,12 +358,21 @@ class ScorerProcess:
         self.providers: list[str] = self._answer()
 
     def __call__(self, steps: Sequence[SessionPrefix]) -> list[Scoring]:
+        """One request and its answer (a caller using :meth:`submit` and :meth:`collect` must not mix in calls)."""
         with self._lock:
-            try:
-                self._conn.send([(step.current, step.history) for step in steps])
-            except OSError:
-                self._ended()
-            return [Scoring(*fields) for fields in self._answer()]
+            self.submit(steps)
+            return self.collect()
+
+    def submit(self, steps: Sequence[SessionPrefix]) -> None:
+        """Send a request; the child reads requests as they come and answers them in order (:meth:`collect`)."""
+        try:
+            self._conn.send([(step.current, step.history) for step in steps])
+        except OSError:
+            self._ended()
+
+    def collect(self) -> list[Scoring]:
+        """The answer to the oldest request not yet collected."""
+        return [Scoring(*fields) for fields in self._answer()]
 
     def _answer(self) -> Any:
         try:
@@ -380,11 +428,8 @@ def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int 
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ok", scorer.providers))
-    while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
-            return
+    requests = _read_ahead(conn)
+    while (request := requests.get()) is not None:
         try:
             answer = [tuple(getattr(result, name) for name in SCORING_FIELDS)
                       for result in score_batch(scorer, [SessionPrefix(*r) for r in request])]
@@ -396,6 +441,23 @@ def _serve_scorer(conn: Connection, artefact: str, providers: str, threads: int 
             conn.send((kind, answer))
         except OSError:
             return
+
+
+def _read_ahead(conn: Connection) -> queue.SimpleQueue:
+    """Requests from ``conn`` as they arrive, read by a thread of their own (None after the last): the worker may
+    send the next request while this process still scores one, and must never wait for it to be read (both
+    sides sending at once to full socket buffers would wait for each other)."""
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                requests.put(conn.recv())
+        except (EOFError, OSError):
+            requests.put(None)
+
+    threading.Thread(target=read, name="igrec-requests", daemon=True).start()
+    return requests
 
 
 if __name__ == "__main__":  # the child of ScorerProcess: FD ARTEFACT PROVIDERS THREADS NICE PRECISION

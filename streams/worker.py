@@ -274,8 +274,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         out = await open_outbox()
         users.write_through(out)
         stage: ScoringThread[Scored, Scoring] = ScoringThread(
-            lambda items: scorer([item.step for item in items]), chunk=SCORE_CHUNK,
-            max_waiting=BATCHES_IN_FLIGHT, max_scored=CHUNKS_IN_FLIGHT)
+            Steps(scorer), chunk=SCORE_CHUNK, max_waiting=BATCHES_IN_FLIGHT, max_scored=CHUNKS_IN_FLIGHT)
         stage.start()
         freeze_long_lived_objects()
         pipeline.update(admitted=stage.inbox, scored=stage.scored)
@@ -430,6 +429,20 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     deliver_inline(app.consumer)
     take_in_runs()
     return app
+
+
+class Steps:
+    """The scorer process as the scoring stage's :class:`~streams.scoring.Requests` of admitted events: each
+    event's step goes to the scorer."""
+
+    def __init__(self, scorer: ScorerProcess):
+        self._scorer = scorer
+
+    def submit(self, items: list[Scored]) -> None:
+        self._scorer.submit([item.step for item in items])
+
+    def collect(self) -> list[Scoring]:
+        return self._scorer.collect()
 
 
 def hold_messages(stream: faust.StreamT) -> None:

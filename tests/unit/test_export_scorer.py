@@ -345,6 +345,9 @@ def test_the_worker_scorer_process_answers_as_the_scorer_in_this_process(artefac
         assert remote.providers == [CPU]
         answers = remote(prefixes)
         assert answers == score_batch(local, prefixes)
+        remote.submit(prefixes[:25])
+        remote.submit(prefixes[25:])  # sent before the first answer is read: answered in order
+        assert remote.collect() + remote.collect() == answers
         if int8:
             assert answers != score_batch(Scorer(artefact, providers="cpu", threads=1, spin=False), prefixes)
         assert remote([]) == []

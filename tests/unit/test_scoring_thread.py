@@ -4,6 +4,7 @@ keeps scoring while the event loop is busy."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,20 @@ def run(scenario) -> None:
     asyncio.run(asyncio.wait_for(scenario(), timeout=20))
 
 
+class Calls:
+    """A scorer for the stage that calls ``score`` on the stage's thread when an answer is collected."""
+
+    def __init__(self, score) -> None:
+        self._score = score
+        self._submitted: collections.deque = collections.deque()
+
+    def submit(self, items: list) -> None:
+        self._submitted.append(items)
+
+    def collect(self) -> list:
+        return self._score(self._submitted.popleft())
+
+
 def test_every_item_comes_back_once_in_order_in_chunks_of_at_most_chunk() -> None:
     calls: list[list[int]] = []
 
@@ -26,7 +41,7 @@ def test_every_item_comes_back_once_in_order_in_chunks_of_at_most_chunk() -> Non
         return [10 * i for i in items]
 
     async def scenario() -> None:
-        stage = ScoringThread(score, chunk=128, max_waiting=8, max_scored=8)
+        stage = ScoringThread(Calls(score), chunk=128, max_waiting=8, max_scored=8)
         stage.start()
         batches = [list(range(0, 5)), list(range(5, 300)), list(range(300, 301))]
         for batch in batches:
@@ -54,7 +69,7 @@ def test_the_thread_takes_the_next_chunk_while_the_event_loop_is_busy() -> None:
         return items
 
     async def scenario() -> None:
-        stage = ScoringThread(score, chunk=2, max_waiting=8, max_scored=8)
+        stage = ScoringThread(Calls(score), chunk=2, max_waiting=8, max_scored=8)
         stage.start()
         for i in range(4):
             await stage.put([2 * i, 2 * i + 1])
@@ -68,6 +83,43 @@ def test_the_thread_takes_the_next_chunk_while_the_event_loop_is_busy() -> None:
     run(scenario)
 
 
+@pytest.mark.parametrize("ahead, expected", [
+    (1, ["submit 0", "submit 1", "collect 0", "submit 2", "collect 1", "collect 2"]),
+    (0, ["submit 0", "collect 0", "submit 1", "collect 1", "submit 2", "collect 2"]),
+])
+def test_the_next_chunk_is_submitted_before_the_current_answer_is_collected(ahead, expected) -> None:
+    """With ``ahead`` = 1 the scorer always holds the next request while it answers one."""
+    log: list[str] = []
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.submitted: collections.deque = collections.deque()
+
+        def submit(self, items: list[int]) -> None:
+            log.append(f"submit {items[0]}")
+            self.submitted.append(items)
+
+        def collect(self) -> list[int]:
+            items = self.submitted.popleft()
+            log.append(f"collect {items[0]}")
+            return items
+
+    async def scenario() -> None:
+        stage = ScoringThread(Recorder(), chunk=1, max_waiting=8, max_scored=8, ahead=ahead)
+        stage.start()
+        await stage.put([0, 1, 2])
+        got = []
+        while len(got) < 3:
+            chunk = await stage.get()
+            got += chunk.items
+            stage.done_with(chunk)
+        stage.stop()
+        assert got == [0, 1, 2]
+
+    run(scenario)
+    assert log == expected
+
+
 def test_put_waits_while_max_waiting_batches_wait_for_the_thread() -> None:
     release = threading.Event()
 
@@ -76,7 +128,7 @@ def test_put_waits_while_max_waiting_batches_wait_for_the_thread() -> None:
         return items
 
     async def scenario() -> None:
-        stage = ScoringThread(score, chunk=1, max_waiting=2, max_scored=8)
+        stage = ScoringThread(Calls(score), chunk=1, max_waiting=2, max_scored=8)
         stage.start()
         await stage.put([0])
         while stage.inbox.qsize():  # the thread has taken batch 0 and blocks in score
@@ -107,7 +159,7 @@ def test_the_thread_waits_while_max_scored_chunks_are_with_the_emitter() -> None
         return items
 
     async def scenario() -> None:
-        stage = ScoringThread(score, chunk=1, max_waiting=8, max_scored=2)
+        stage = ScoringThread(Calls(score), chunk=1, max_waiting=8, max_scored=2)
         stage.start()
         for i in range(5):
             await stage.put([i])
@@ -128,7 +180,7 @@ def test_a_scoring_failure_is_raised_by_get_and_by_put_instead_of_waiting_foreve
         raise ValueError("the scorer broke")
 
     async def scenario() -> None:
-        stage = ScoringThread(score, chunk=4, max_waiting=1, max_scored=2)
+        stage = ScoringThread(Calls(score), chunk=4, max_waiting=1, max_scored=2)
         stage.start()
         await stage.put([1])
         with pytest.raises(ValueError, match="the scorer broke"):
@@ -142,7 +194,7 @@ def test_a_scoring_failure_is_raised_by_get_and_by_put_instead_of_waiting_foreve
 
 def test_a_wrong_number_of_results_is_an_error() -> None:
     async def scenario() -> None:
-        stage = ScoringThread(lambda items: items[:-1], chunk=4, max_waiting=2, max_scored=2)
+        stage = ScoringThread(Calls(lambda items: items[:-1]), chunk=4, max_waiting=2, max_scored=2)
         stage.start()
         await stage.put([1, 2])
         with pytest.raises(RuntimeError, match="1 results for 2 items"):
@@ -159,7 +211,7 @@ def test_the_thread_has_its_os_name_and_ends_on_stop_even_when_the_emitter_holds
         return items
 
     async def scenario() -> None:
-        stage = ScoringThread(score, chunk=1, max_waiting=8, max_scored=1)
+        stage = ScoringThread(Calls(score), chunk=1, max_waiting=8, max_scored=1)
         stage.start()
         for i in range(3):
             await stage.put([i])
