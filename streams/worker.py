@@ -9,10 +9,11 @@ One faust agent takes up to ``batch_max`` events or whatever arrived within ``ba
 
 A feeder thread (``streams.scoring``) takes everything admitted and waiting as soon as the scorer is free and
 has it scored by ``export.scorer.Scorer`` in a child process (one request per chunk of at most ``SCORE_CHUNK``
-events), so chunks grow with the load. An emitter task takes the scored chunks in order and sends, per event,
-a Recommendation, an EnrichedEvent and one bundle of the knowledge triples the event creates, encoded into
-Kafka record batches (``streams.outbox``) rather than one producer call at a time. So the event loop admits
-batch n + 1 while the scorer scores batch n, each on its own core and with its own GIL.
+events, the next one sent before the current answer is read), so chunks grow with the load. An emitter task
+takes the scored chunks in order and sends, per event, a Recommendation, an EnrichedEvent and one bundle of the
+knowledge triples the event creates, encoded into Kafka record batches (``streams.outbox``) rather than one
+producer call at a time. So the event loop admits batch n + 1 while the scorer scores batch n, each on its own
+core and with its own GIL.
 
 Delivery is at-least-once with idempotent keys: an event's offset becomes committable only after Kafka has
 acknowledged everything the event wrote (its state's changelog, transitions and outputs, or its dead
