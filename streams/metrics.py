@@ -13,7 +13,8 @@ BATCH = Histogram("igrec_batch_size", "Events scored per onnxruntime call (a chu
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 SCORE_SECONDS = Histogram(
     "igrec_score_seconds",
-    "Time from a chunk's scoring call to its outputs queued in the producer",
+    "Time from a chunk's request to the scorer (sent while the one before may still be scored) to its outputs "
+    "queued in the producer",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
 )
 LATENCY = Histogram(

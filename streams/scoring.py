@@ -61,7 +61,8 @@ R = TypeVar("R")
 @dataclass
 class Chunk(Generic[T, R]):
     """Scored items with their results, in the order the emitter must send their outputs; ``began`` is the
-    ``time.perf_counter()`` at which their scoring started."""
+    ``time.perf_counter()`` at which they were sent to the scorer (one request ahead: maybe while it still
+    scored the chunk before)."""
 
     items: list[T]
     results: list[R]
