@@ -355,14 +355,13 @@ class ScorerProcess:
                  str(threads or 0), str(nice), "fp16" if fp16 else "int8" if int8 else "float32"],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         self._conn = Connection(ours.detach())
-        self._lock = threading.Lock()
         self.providers: list[str] = self._answer()
 
     def __call__(self, steps: Sequence[SessionPrefix]) -> list[Scoring]:
-        """One request and its answer (a caller using :meth:`submit` and :meth:`collect` must not mix in calls)."""
-        with self._lock:
-            self.submit(steps)
-            return self.collect()
+        """One request and its answer: :meth:`submit` then :meth:`collect`, so one caller at a time, and not
+        between another caller's submit and collect."""
+        self.submit(steps)
+        return self.collect()
 
     def submit(self, steps: Sequence[SessionPrefix]) -> None:
         """Send a request; the child reads requests as they come and answers them in order (:meth:`collect`)."""
