@@ -208,6 +208,18 @@ def _check_ports_free(service: Service) -> None:
 # ---------------------------------------------------------------- start commands
 
 
+def kafka_cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding.
+
+    An id that starts with "-" is drawn again, as Kafka's own ``Uuid.randomUuid`` does:
+    ``kafka-storage format -t -x...`` reads it as an option and fails (one draw in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(draw()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _kafka_command(service: Service) -> list[str]:
     settings = service.settings
     config = service.home / "server.properties"
@@ -243,7 +255,7 @@ def _kafka_command(service: Service) -> list[str]:
     java = find_java()
     classpath = str(service.lib / "*")
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         result = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
             capture_output=True, text=True, check=False,
