@@ -168,6 +168,32 @@ def test_the_graph_cut_at_its_head_scores_as_the_whole_graph(exported, int8):
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
 
 
+def test_the_head_runs_in_near_equal_row_slices_with_the_whole_graphs_answers(exported):
+    """A call of more than HEAD_ROWS sessions runs the head in slices, one size bucket or several."""
+    from export.scorer import HEAD_ROWS
+
+    _, art, _ = exported
+    scorer = Scorer(art, providers="cpu")
+    head, slices = scorer._split.head, []
+
+    class Recording:
+        def run(self, outputs, feeds):
+            slices.append(len(feeds["items"]))
+            return head.run(outputs, feeds)
+
+    scorer._split.head = Recording()
+    rng = np.random.default_rng(12)
+    one_bucket = [rng.integers(1, N_ITEMS + 1, 3).tolist() for _ in range(2 * HEAD_ROWS + 5)]
+    graphs = build_session_graphs(one_bucket)
+    items, scores = scorer.recommend(graphs)
+    assert len(slices) == 3 and sum(slices) == 2 * HEAD_ROWS + 5
+    assert max(slices) <= HEAD_ROWS and max(slices) - min(slices) <= 1
+    scorer._split = None
+    ref_items, ref_scores = scorer.recommend(graphs)
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=1e-5)
+
+
 def test_a_graph_that_cannot_be_cut_cleanly_is_not_cut(exported):
     """No cut without the exporter's list of head inputs, nor where the head would read more of the network
     than the listed tensors (then each bucket runs the whole graph)."""
