@@ -373,8 +373,9 @@ class Scorer:
 
 class _Split:
     """The graph's network part and its item head in two onnxruntime sessions (:mod:`export.split`): the
-    network runs once per size bucket, the head once over all of a call's rows, its ``[batch, width]`` inputs
-    padded with zeros to the widest bucket (padding that :meth:`model.network.IGRec.head` ignores)."""
+    network runs once per size bucket, the head over all of a call's rows (in slices of :data:`HEAD_ROWS`),
+    its ``[batch, width]`` inputs padded with zeros to the widest bucket (padding that
+    :meth:`model.network.IGRec.head` ignores)."""
 
     def __init__(self, network: ort.InferenceSession, head: ort.InferenceSession):
         self.network = network

@@ -6,7 +6,8 @@ Scorer runs a mixed batch in size buckets. The item head (:meth:`model.network.I
 ``[B, D] x [D, n_items]`` product, its TopK and log-normaliser, the repeat mixture) does not depend on
 padding, but run per bucket it reads the 17 MB item table once per bucket: about 1 ms a run on a 2-core
 Zen 4, 70-100 us per session at the worker's chunks of 32-64 (docs/results.md). Cut at the head inputs, the
-network runs per bucket and the head once per call.
+network runs per bucket and the head over all of a call's rows (in row slices that the Scorer sizes by
+cache, not by graph size: ``export.scorer.HEAD_ROWS``).
 
 The exporter names the cut tensors (:data:`HEAD_PREFIX`) and lists them in the model's
 ``igrec.head`` metadata; :func:`split_at_head` cuts any graph with those tensors, including the reduced-
