@@ -2,13 +2,13 @@
 
 For batch sizes 1, 32 and 256 (the worker's micro-batches) it prints p50/p99 latency and sessions/s of
 scoring a batch of ready session graphs into top-20 lists: PyTorch eager float32 (``net(...)`` then
-``torch.topk``, inference mode) against the exported artefact in :class:`export.scorer.Scorer` (CPU
-provider). Each runs the batch as one padded tensor and, as the worker's Scorer does by default, in size
-buckets (sub-batches of similar graph size: less padding work; the network part per bucket and the item
-head once, see :mod:`export.split`); the ratio of a runtime is taken against PyTorch with the same
-batching, so it measures the runtime, not the batching. All use the same thread
-count; runs alternate between them so that load from other processes hits all alike. It also counts the
-cases whose top-20 lists differ from PyTorch's (same batch).
+``torch.topk``, inference mode, the item table prepared once: ``model.network.frozen_items``) against the
+exported artefact in :class:`export.scorer.Scorer` (CPU provider). Each runs the batch as one padded tensor
+and, as the worker's Scorer does by default, in size buckets (sub-batches of similar graph size: less
+padding work; the network part per bucket and the item head once, in row slices, see :mod:`export.split`);
+the ratio of a runtime is taken against PyTorch with the same batching, so it measures the runtime, not the
+batching. All use the same thread count; runs alternate between them so that load from other processes hits
+all alike. It also counts the cases whose top-20 lists differ from PyTorch's (same batch).
 
 On a GPU (``--provider cuda``) PyTorch runs on the GPU too, both in full float32 (TF32 off on both
 sides), each call starting from the numpy graphs on the host and ending with the top-K lists back on it;
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from export.exporter import ExportOptions, build_artefact, load_network
     from export.scorer import Scorer
+    from model.network import frozen_items
 
     gpu = args.provider != "cpu"
     if args.fp16 and not gpu:
@@ -281,10 +282,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
         rows = []
-        for size in (int(b) for b in batches.split(",")):
-            iterations = max(3, int(ITERATIONS.get(size, 20) * args.iterations))
-            data = batches_of(args.data, size, min(iterations, 20), graphs["max_len"], graphs["binary"], args.seed)
-            rows.append(summarise(size, measure(runners, data, iterations)))
+        with frozen_items(net):
+            for size in (int(b) for b in batches.split(",")):
+                iterations = max(3, int(ITERATIONS.get(size, 20) * args.iterations))
+                data = batches_of(args.data, size, min(iterations, 20), graphs["max_len"], graphs["binary"],
+                                  args.seed)
+                rows.append(summarise(size, measure(runners, data, iterations)))
         print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
         print_table(rows)
         if args.json:

@@ -18,6 +18,7 @@ from export.artefact import MAX_SCORE_DIFF, MIN_IDENTICAL, MIN_SAME_SET
 from export.scorer import Scorer
 from model.data import Cases
 from model.graphs import SessionGraphs, build_history_graphs, build_session_graphs
+from model.network import frozen_items
 
 
 class ParityError(RuntimeError):
@@ -113,26 +114,27 @@ def check_parity(net: nn.Module, scorer: Scorer, cases: Cases, *, source: str = 
     max_diff_seen = max_item_diff = 0.0
     t_torch = t_onnx = 0.0
     previous: np.ndarray | None = None
-    for i, start in enumerate(range(0, len(order), batch_size)):
-        prefixes = cases.padded(order[start : start + batch_size], max_len)
-        graphs = build_session_graphs(prefixes, binary=binary)
-        history = None
-        if scorer.uses_history and previous is not None and i % 2:
-            borrowed = [[row[row > 0].tolist()] for row in previous[np.arange(len(prefixes)) % len(previous)]]
-            history = build_history_graphs(borrowed, scorer.card["graphs"]["history_max_len"], binary=binary)
-            with_history += len(prefixes)
-        previous = prefixes
-        t0 = time.perf_counter()
-        logp = torch_log_probs(net, graphs, history)
-        ref_scores, ref_items = (t.numpy() for t in torch.topk(torch.from_numpy(logp), k, dim=-1))
-        t1 = time.perf_counter()
-        items, scores = scorer.recommend(graphs, history)
-        t_onnx += time.perf_counter() - t1
-        t_torch += t1 - t0
-        identical += int((items == ref_items).all(1).sum())
-        same_set += int((np.sort(items, 1) == np.sort(ref_items, 1)).all(1).sum())
-        max_diff_seen = max(max_diff_seen, float(np.abs(scores - ref_scores).max()))
-        max_item_diff = max(max_item_diff, float(np.abs(scores - np.take_along_axis(logp, items, 1)).max()))
+    with frozen_items(net):
+        for i, start in enumerate(range(0, len(order), batch_size)):
+            prefixes = cases.padded(order[start : start + batch_size], max_len)
+            graphs = build_session_graphs(prefixes, binary=binary)
+            history = None
+            if scorer.uses_history and previous is not None and i % 2:
+                borrowed = [[row[row > 0].tolist()] for row in previous[np.arange(len(prefixes)) % len(previous)]]
+                history = build_history_graphs(borrowed, scorer.card["graphs"]["history_max_len"], binary=binary)
+                with_history += len(prefixes)
+            previous = prefixes
+            t0 = time.perf_counter()
+            logp = torch_log_probs(net, graphs, history)
+            ref_scores, ref_items = (t.numpy() for t in torch.topk(torch.from_numpy(logp), k, dim=-1))
+            t1 = time.perf_counter()
+            items, scores = scorer.recommend(graphs, history)
+            t_onnx += time.perf_counter() - t1
+            t_torch += t1 - t0
+            identical += int((items == ref_items).all(1).sum())
+            same_set += int((np.sort(items, 1) == np.sort(ref_items, 1)).all(1).sum())
+            max_diff_seen = max(max_diff_seen, float(np.abs(scores - ref_scores).max()))
+            max_item_diff = max(max_item_diff, float(np.abs(scores - np.take_along_axis(logp, items, 1)).max()))
     n = max(len(cases), 1)
     return ParityReport(source=source, cases=len(cases), k=k, identical=identical / n, same_set=same_set / n,
                         max_score_diff=max_diff_seen, max_item_score_diff=max_item_diff,

@@ -22,13 +22,14 @@ def evaluate_network(net, cases: Cases, batch_size: int, device, bf16: bool, max
     """HR/MRR/NDCG@{10,20} of a torch network over ``cases`` (eval mode, no grad)."""
     import torch
 
+    from model.network import frozen_items
     from model.train import batch_tensors
 
     was_training = net.training
     net.eval()
     acc = RankAccumulator()
     order = np.argsort(cases.length, kind="stable")
-    with torch.inference_mode():
+    with torch.inference_mode(), frozen_items(net):
         for i in range(0, len(order), batch_size):
             index = order[i : i + batch_size]
             inputs, target = batch_tensors(cases, index, max_len, binary_adj, device)

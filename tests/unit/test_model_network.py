@@ -16,7 +16,9 @@ from model.network import (  # noqa: E402
     Readout,
     block_top_k,
     build_network,
+    frozen_items,
     padded_product,
+    padded_table,
     row_normalize,
     target_log_likelihood,
 )
@@ -205,7 +207,7 @@ def test_block_top_k_picks_the_columns_of_torch_topk(width, k, clustered):
 def test_padded_product_equals_the_product_and_pads_with_neg():
     generator = torch.Generator().manual_seed(3)
     query, table = torch.randn(5, 16, generator=generator), torch.randn(100, 16, generator=generator)
-    logits = padded_product(query, table, training=False)
+    logits = padded_product(query, padded_table(table), training=False)
     assert logits.shape == (5, 128)
     torch.testing.assert_close(logits[:, :100], query @ table.t(), rtol=1e-6, atol=1e-6)
     assert (logits[:, 100:] == NEG).all()
@@ -338,3 +340,66 @@ def test_cli_train_with_weight_average_saves_the_averaged_weights(tmp_path, caps
     assert res["test"]["HR@10"] > 70.0  # random: 50; the average lags the weights on this short run
     assert "averaged; trained weights" in capsys.readouterr().out
     assert torch.load(out / "checkpoint.pt", weights_only=True)["ema"]["updates"] > last["ema"]["updates"]
+
+
+def test_frozen_items_builds_the_item_table_once_and_scores_alike():
+    """Within ``frozen_items`` inference calls share one item table (normalised, padded); outside it, in
+    training mode or where autograd records, every call builds its own; the results are the same."""
+    torch.manual_seed(0)
+    net = _network(CONFIGS["igrec"]).eval()
+    x = _inputs()
+    built = []
+    fresh = net.item_encoder.table
+    net.item_encoder.table = lambda: built.append(1) or fresh()
+    with torch.inference_mode():
+        logp, top = net(*x), net.top_k(5, *x)
+    assert len(built) == 2
+    built.clear()
+    with frozen_items(net), torch.inference_mode():
+        frozen_logp, frozen_top = net(*x), net.top_k(5, *x)
+        net(*x)
+        net.top_k(5, *x)
+    assert len(built) == 1, "one table for every call within"
+    torch.testing.assert_close(frozen_logp, logp, rtol=0, atol=0)
+    for a, b in zip(frozen_top, top, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    built.clear()
+    with frozen_items(net):
+        net(*x).sum().backward()
+        net(*x)
+    assert len(built) == 2, "autograd recording: built per call"
+    assert net._items_frozen is None
+
+
+def test_frozen_items_ends_with_its_block_so_new_weights_count_after_it():
+    torch.manual_seed(0)
+    net = _network(CONFIGS["igrec"]).eval()
+    x = _inputs()
+    with frozen_items(net), torch.inference_mode():
+        before = net(*x)
+    with torch.no_grad():
+        net.item_encoder.weight.weight.mul_(2.0)
+    with frozen_items(net), torch.inference_mode():
+        after = net(*x)
+    assert not torch.allclose(before, after)
+
+
+def test_a_trace_within_frozen_items_keeps_the_padding_of_the_head():
+    """The exporter's graph must pad the table itself (``export.precision`` finds the product by its Pad)."""
+    torch.manual_seed(0)
+    net = _network(CONFIGS["igrec"]).eval()
+    x = _inputs()
+
+    class TopFive(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, *inputs):
+            return self.net.top_k(5, *inputs)
+
+    with frozen_items(net), torch.no_grad():
+        net.top_k(5, *x)
+        traced = torch.jit.trace(TopFive(), x, check_trace=False)
+    kinds = [node.kind() for node in traced.inlined_graph.nodes()]
+    assert sum(kind in ("aten::pad", "aten::constant_pad_nd") for kind in kinds) >= 2, "query and table padded"
