@@ -604,8 +604,9 @@ def frozen_items(net: nn.Module) -> Iterator[None]:
 
     For loops over unchanging weights (evaluation, parity, benchmarks). Eager PyTorch otherwise redoes
     those passes over the 17 MB Diginetica table on every call, about 5 ms on one core: more than the rest
-    of a batch-1 call. An exported graph folds them into constants once. The weights must not change
-    within: nothing here could notice (writes through ``.data`` or a fused optimizer leave no trace).
+    of a batch-1 call. An exported graph folds them into constants once. The weights and the autocast
+    setting must not change within: nothing here could notice (writes through ``.data`` or a fused
+    optimizer leave no trace in a parameter's version counter).
     """
     if not isinstance(net, IGRec) or net._items_frozen is not None:
         yield
