@@ -82,12 +82,13 @@ def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
     """PyTorch eager float32 top-``k`` of a batch of graphs on ``device`` (inputs copied there, top-K indices
     copied back, which waits for the GPU): one padded batch through ``net(...)`` then ``torch.topk``; or,
     with ``bucket``, batched as the Scorer batches: on the CPU a network with an item head (IGRec) runs
-    ``head_inputs`` per size bucket and ``head`` once over every row (``export.split``); on a GPU, or for a
-    network without a head, ``net(...)`` runs per bucket."""
+    ``head_inputs`` per size bucket and ``head`` over every row in the Scorer's row slices
+    (``export.split``, ``export.scorer.HEAD_ROWS``); on a GPU, or for a network without a head, ``net(...)``
+    runs per bucket."""
     import torch
     import torch.nn.functional as F
 
-    from export.scorer import size_buckets, trim_graphs
+    from export.scorer import row_slices, size_buckets, trim_graphs
 
     def tensors(g) -> list:
         return [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in g.arrays()]
@@ -107,7 +108,9 @@ def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
             trimmed = [tensors(trim_graphs(g, rows)) for rows in groups]
             parts = [net.head_inputs(*t) for t in trimmed]
             inputs = type(parts[0])(*(stacked([p[j] for p in parts]) for j in range(len(parts[0]))))
-            top = net.head(k, stacked([t[0] for t in trimmed]), inputs)[0].cpu().numpy()
+            items = stacked([t[0] for t in trimmed])
+            top = torch.cat([net.head(k, items[a:z], type(inputs)(*(None if v is None else v[a:z] for v in inputs)))[0]
+                             for a, z in row_slices(len(items))]).cpu().numpy()
         out = np.empty_like(top)
         out[np.concatenate(groups)] = top
         return out

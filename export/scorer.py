@@ -413,12 +413,15 @@ class _Split:
 
     def _head(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The head over all rows of ``feeds``, run in near-equal row slices of at most :data:`HEAD_ROWS`."""
-        rows = len(feeds[ITEMS])
-        n = -(-rows // HEAD_ROWS)
-        edges = [rows * i // n for i in range(n + 1)]
         runs = [self.head.run(outputs, {name: value[a:z] for name, value in feeds.items()})
-                for a, z in itertools.pairwise(edges)]
+                for a, z in row_slices(len(feeds[ITEMS]))]
         return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+
+
+def row_slices(rows: int, most: int = HEAD_ROWS) -> list[tuple[int, int]]:
+    """(start, stop) of the fewest near-equal slices of ``rows`` rows with at most ``most`` rows each."""
+    n = max(1, -(-rows // most))
+    return list(itertools.pairwise(rows * i // n for i in range(n + 1)))
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:

@@ -405,3 +405,14 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("rows", [1, 31, 32, 33, 64, 65, 255, 256, 257])
+def test_row_slices_are_the_fewest_near_equal_slices(rows):
+    from export.scorer import row_slices
+
+    slices = row_slices(rows, 32)
+    sizes = [z - a for a, z in slices]
+    assert slices[0][0] == 0 and slices[-1][1] == rows
+    assert [a for a, _ in slices[1:]] == [z for _, z in slices[:-1]], "contiguous"
+    assert len(slices) == -(-rows // 32) and max(sizes) <= 32 and max(sizes) - min(sizes) <= 1
