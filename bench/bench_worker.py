@@ -12,7 +12,8 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
      alone on this machine;
   5. the worker's CPU time per event in phase 2, from /proc: its scorer process and the rest of the worker
-     (steadier than events/s when other work shares the cores).
+     (steadier than events/s when other work shares the cores), and the local Kafka broker's, when this
+     run's stack is local: together, the most events/s the machine's cores could carry.
 Events are real Diginetica test sessions replayed click by click, one user per session, interleaved so that
 about --concurrent-users users are active at once (a micro-batch then rarely holds two events of one user, as
 in live traffic). Prints a table.
@@ -221,6 +222,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds of process ``pid`` and its children so far (0 for None: a server this run did not find)."""
+    return sum(thread_cpu(pid).values()) if pid is not None else 0.0
+
+
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
     """Microseconds of CPU per event: the scorer process, and the rest of the worker process."""
     used = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -308,7 +314,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = Settings.load()
-    stack.up(base, log=lambda _: None)
+    broker = stack.up(base, log=lambda _: None).get("kafka")
     settings = isolated(base)
     asyncio.run(ensure_topics(settings))
     sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
@@ -325,7 +331,7 @@ def main() -> None:
         try:
             warm = events[-200:]
             asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
-            before = thread_cpu(pid)
+            before, broker_before = thread_cpu(pid), process_cpu(broker)
             profiler = record_profile(pid, args.profile, args.profile_seconds) if args.profile else None
             flat_out = asyncio.run(
                 run_phase(
@@ -333,6 +339,8 @@ def main() -> None:
                 )
             )
             cpu = cpu_per_event(before, thread_cpu(pid), args.events)
+            if broker is not None:
+                cpu["broker"] = 1e6 * (process_cpu(broker) - broker_before) / args.events
             if profiler is not None and profiler.wait(timeout=args.profile_seconds + 60) != 0:
                 print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
             at_rate, parts = [], []
@@ -364,6 +372,11 @@ def main() -> None:
             for name, values in latency_split(split).items()))
     print(f"\nworker CPU per event, flat-out phase: scorer process {cpu['scorer']:.0f} us, the rest (event loop, "
           f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
+    if "broker" in cpu:
+        total = sum(cpu.values())
+        print(f"with the local Kafka broker's {cpu['broker']:.0f} us: {total:.0f} us of CPU per event, so "
+              f"{os.cpu_count()} cores busy all the time would carry at most {os.cpu_count() * 1e6 / total:,.0f} "
+              "events/s")
     print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}; "
           f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")
     if args.plot:
