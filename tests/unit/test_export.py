@@ -170,7 +170,7 @@ def test_the_graph_cut_at_its_head_scores_as_the_whole_graph(exported, int8):
 
 def test_the_head_runs_in_near_equal_row_slices_with_the_whole_graphs_answers(exported):
     """A call of more than HEAD_ROWS sessions runs the head in slices, one size bucket or several."""
-    from export.scorer import HEAD_ROWS
+    from export.scorer import HEAD_ROWS, size_buckets
 
     _, art, _ = exported
     scorer = Scorer(art, providers="cpu")
@@ -183,8 +183,9 @@ def test_the_head_runs_in_near_equal_row_slices_with_the_whole_graphs_answers(ex
 
     scorer._split.head = Recording()
     rng = np.random.default_rng(12)
-    one_bucket = [rng.integers(1, N_ITEMS + 1, 3).tolist() for _ in range(2 * HEAD_ROWS + 5)]
+    one_bucket = [(rng.choice(N_ITEMS, 3, replace=False) + 1).tolist() for _ in range(2 * HEAD_ROWS + 5)]
     graphs = build_session_graphs(one_bucket)
+    assert len(size_buckets(graphs)) == 1
     items, scores = scorer.recommend(graphs)
     assert len(slices) == 3 and sum(slices) == 2 * HEAD_ROWS + 5
     assert max(slices) <= HEAD_ROWS and max(slices) - min(slices) <= 1
