@@ -1,14 +1,15 @@
 """PyTorch eager against onnxruntime on the same igrec model and the same Diginetica test prefixes.
 
 For batch sizes 1, 32 and 256 (the worker's micro-batches) it prints p50/p99 latency and sessions/s of
-scoring a batch of ready session graphs into top-20 lists: PyTorch eager float32 (``net(...)`` then
-``torch.topk``, inference mode, the item table prepared once: ``model.network.frozen_items``) against the
-exported artefact in :class:`export.scorer.Scorer` (CPU provider). Each runs the batch as one padded tensor
-and, as the worker's Scorer does by default, in size buckets (sub-batches of similar graph size: less
-padding work; the network part per bucket and the item head once, in row slices, see :mod:`export.split`);
-the ratio of a runtime is taken against PyTorch with the same batching, so it measures the runtime, not the
-batching. All use the same thread count; runs alternate between them so that load from other processes hits
-all alike. It also counts the cases whose top-20 lists differ from PyTorch's (same batch).
+scoring a batch of ready session graphs into top-20 lists: PyTorch eager float32 (the computation that the
+artefact's graph holds, ``IGRec.top_k``; inference mode, the item table prepared once:
+``model.network.frozen_items``) against the exported artefact in :class:`export.scorer.Scorer` (CPU
+provider). Each runs the batch as one padded tensor and, as the worker's Scorer does by default, in size
+buckets (sub-batches of similar graph size: less padding work; the network part per bucket and the item
+head in row slices, see :mod:`export.split`); the ratio of a runtime is taken against PyTorch with the same
+batching, so it measures the runtime, not the batching. All use the same thread count; runs alternate
+between them so that load from other processes hits all alike. It also counts the cases whose top-20 lists
+differ from PyTorch's (same batch).
 
 On a GPU (``--provider cuda``) PyTorch runs on the GPU too, both in full float32 (TF32 off on both
 sides), each call starting from the numpy graphs on the host and ending with the top-K lists back on it;
@@ -80,7 +81,8 @@ def batches_of(data: Path, size: int, count: int, max_len: int, binary: bool, se
 
 def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
     """PyTorch eager float32 top-``k`` of a batch of graphs on ``device`` (inputs copied there, top-K indices
-    copied back, which waits for the GPU): one padded batch through ``net(...)`` then ``torch.topk``; or,
+    copied back, which waits for the GPU): one padded batch through what the artefact's graph computes
+    (``net.top_k`` where the network has it, as IGRec does, else ``net(...)`` then ``torch.topk``); or,
     with ``bucket``, batched as the Scorer batches: on the CPU a network with an item head (IGRec) runs
     ``head_inputs`` per size bucket and ``head`` over every row in the Scorer's row slices
     (``export.split``, ``export.scorer.HEAD_ROWS``); on a GPU, or for a network without a head, ``net(...)``
@@ -95,6 +97,8 @@ def torch_runner(net, k: int, bucket: bool, device: str = "cpu"):
 
     def topk(g) -> np.ndarray:
         with torch.inference_mode():
+            if hasattr(net, "top_k"):
+                return net.top_k(k, *tensors(g))[0].cpu().numpy()
             return torch.topk(net(*tensors(g)), k, dim=-1).indices.cpu().numpy()
 
     def stacked(parts: list) -> torch.Tensor | None:
