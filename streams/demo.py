@@ -307,14 +307,17 @@ async def _drain_sink(settings: Settings, processes: list[subprocess.Popen], tim
         ]
         deadline = time.monotonic() + timeout
         await asyncio.sleep(3.0)
-        ends = await consumer.end_offsets(tps)
-        done = sum([await consumer.committed(tp) or 0 for tp in tps])
+        end = sum((await consumer.end_offsets(tps)).values())
+
+        async def committed() -> int:
+            return sum([await consumer.committed(tp) or 0 for tp in tps])
+
         # initial: the rate then counts what the sink commits while the bar is up, not what it had before
-        with tqdm(total=sum(ends.values()), initial=done, desc="sink -> Neo4j", unit="message") as bar:
+        with tqdm(total=end, initial=await committed(), desc="sink -> Neo4j", unit="message") as bar:
             while True:
-                done = sum([await consumer.committed(tp) or 0 for tp in tps])
+                done = await committed()
                 bar.update(done - bar.n)
-                if done >= sum(ends.values()):
+                if done >= end:
                     return
                 if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                     raise RuntimeError("the sink did not catch up (see sink.log)")
