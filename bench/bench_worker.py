@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import stack
+from export.artefact import CARD_FILE
 from model.data import read_test_tsv
 from streams.harness import WorkerProcess, run_prefix
 from streams.replay import cases_to_sessions, session_events
@@ -48,6 +49,8 @@ from streams.settings import ROOT, Settings
 from streams.topics import delete_topics, ensure_topics
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
+WARM_EVENTS = 200
+"""Events sent to the worker before the measured phases (its first batches load and warm up the scorer)."""
 
 
 def isolated(settings: Settings) -> Settings:
@@ -302,37 +305,8 @@ def row(name: str, rate: float, latencies: np.ndarray) -> str:
     return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
-    parser.add_argument("--events", type=int, default=30_000, help="events in the throughput phases")
-    parser.add_argument("--rate", type=rates, default=[250.0, 500.0, 1_000.0],
-                        help="events/s of the latency phases, comma-separated (one phase per rate; default "
-                             "250,500,1000)")
-    parser.add_argument("--latency-events", type=int, default=5_000, help="events in each latency phase")
-    parser.add_argument("--plot", type=Path, metavar="PNG",
-                        help="also draw p50 / p99 latency against the offered rate (with the flat-out rate)")
-    parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
-                        help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
-    parser.add_argument("--profile", type=Path, metavar="SVG|TXT",
-                        help="also record the worker with py-spy (dev extra) in the flat-out phase and write a "
-                             "flame graph (.svg) or collapsed stacks (.txt) of all its threads here")
-    parser.add_argument("--profile-seconds", type=int, default=15, help="length of the py-spy recording")
-    parser.add_argument("--concurrent-users", type=int, default=1_000,
-                        help="users clicking at the same time: sessions interleaved so that about this many are "
-                             "active at once (1: one session after another)")
-    parser.add_argument("--keep-topics", action="store_true",
-                        help="keep the run's topics (its events, outputs, the worker's internal and changelog "
-                             "topics, the ceiling and relay topics) instead of deleting them at the end")
-    args = parser.parse_args()
-
-    base = Settings.load()
-    broker = stack.up(base, log=lambda _: None).get("kafka")
-    settings = isolated(base)
-    asyncio.run(ensure_topics(settings))
-    sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
-    events = interleaved(sessions, f"b{uuid.uuid4().hex[:6]}", args.concurrent_users)
-
+def measure(args: argparse.Namespace, settings: Settings, broker: int | None, events: list[dict]) -> None:
+    """The phases of the module docstring on the run's topics (``settings``), then the table."""
     ceiling_topic = f"{settings.topic_events}.ceiling"
     asyncio.run(ensure_topics(settings, [ceiling_topic]))
     ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events[: args.events], None, 120))
@@ -342,8 +316,14 @@ def main() -> None:
                                name="worker", extra=args.worker_arg).start()
         pid = worker.process.pid
         try:
-            warm = events[-200:]
-            asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
+            warm = events[-WARM_EVENTS:]
+            try:
+                asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
+            except RuntimeError:
+                if not worker.alive():
+                    raise RuntimeError(f"the worker exited with code {worker.process.returncode}; the end of its "
+                                       f"log:\n{worker.log_tail()}") from None
+                raise
             before, broker_before = thread_cpu(pid), process_cpu(broker)
             profiler = record_profile(pid, args.profile, args.profile_seconds) if args.profile else None
             flat_out = asyncio.run(
@@ -366,7 +346,7 @@ def main() -> None:
         finally:
             worker.stop()
     inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
-    worker_events = 200 + args.events + len(args.rate) * args.latency_events
+    worker_events = WARM_EVENTS + args.events + len(args.rate) * args.latency_events
     written = asyncio.run(messages_written(settings, run_prefix(settings), inputs))
     fanout = round(written / worker_events)
     relayed = asyncio.run(fanout_ceiling(settings, events[: args.events], fanout))
@@ -395,8 +375,50 @@ def main() -> None:
     if args.plot:
         plot_latency(args.plot, args.rate, at_rate, flat_out[0])
         print(f"plot: {args.plot}")
-    if not args.keep_topics:
-        asyncio.run(delete_topics(base, run_prefix(settings)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
+    parser.add_argument("--events", type=int, default=30_000, help="events in the throughput phases")
+    parser.add_argument("--rate", type=rates, default=[250.0, 500.0, 1_000.0],
+                        help="events/s of the latency phases, comma-separated (one phase per rate; default "
+                             "250,500,1000)")
+    parser.add_argument("--latency-events", type=int, default=5_000, help="events in each latency phase")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="also draw p50 / p99 latency against the offered rate (with the flat-out rate)")
+    parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
+                        help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
+    parser.add_argument("--profile", type=Path, metavar="SVG|TXT",
+                        help="also record the worker with py-spy (dev extra) in the flat-out phase and write a "
+                             "flame graph (.svg) or collapsed stacks (.txt) of all its threads here")
+    parser.add_argument("--profile-seconds", type=int, default=15, help="length of the py-spy recording")
+    parser.add_argument("--concurrent-users", type=int, default=1_000,
+                        help="users clicking at the same time: sessions interleaved so that about this many are "
+                             "active at once (1: one session after another)")
+    parser.add_argument("--keep-topics", action="store_true",
+                        help="keep the run's topics (its events, outputs, the worker's internal and changelog "
+                             "topics, the ceiling and relay topics) instead of deleting them at the end")
+    args = parser.parse_args()
+    if not (args.artefact / CARD_FILE).is_file():
+        parser.error(f"--artefact {args.artefact}: no {CARD_FILE} there (an `igrec export` folder is expected)")
+    sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
+    events = interleaved(sessions, f"b{uuid.uuid4().hex[:6]}", args.concurrent_users)
+    wanted = args.events + len(args.rate) * args.latency_events
+    if wanted > len(events) - WARM_EVENTS:
+        parser.error(f"--events {args.events:,} and {len(args.rate)} rates x --latency-events {args.latency_events:,} "
+                     f"need {wanted:,} distinct events; the Diginetica test split has {len(events):,}, "
+                     f"{WARM_EVENTS} of them kept to warm the worker up: at most {len(events) - WARM_EVENTS:,}")
+
+    base = Settings.load()
+    broker = stack.up(base, log=lambda _: None).get("kafka")
+    settings = isolated(base)
+    try:
+        asyncio.run(ensure_topics(settings))
+        measure(args, settings, broker, events)
+    finally:
+        if not args.keep_topics:
+            asyncio.run(delete_topics(base, run_prefix(settings)))
 
 
 if __name__ == "__main__":
