@@ -38,9 +38,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from plot_worker import plot_runs
 
 from deploy import stack
-from export.artefact import CARD_FILE
+from export.artefact import CARD_FILE, read_card
 from model.data import read_test_tsv
 from streams.harness import WorkerProcess, run_prefix
 from streams.replay import cases_to_sessions, session_events
@@ -268,45 +269,13 @@ def rates(text: str) -> list[float]:
     return values
 
 
-TARGET_RATE = 5_000
-"""Issue 6's target: events/s of one worker on the 2-core machine, with p99 at most :data:`TARGET_P99_MS`."""
-TARGET_P99_MS = 50
+def row(name: str, phase: dict) -> str:
+    return f"{name:<52} {phase['events_per_s']:>10,.0f} {phase['p50_ms']:>9.1f} {phase['p99_ms']:>9.1f}"
 
 
-def plot_latency(path: Path, offered: list[float], phases: list[tuple[float, np.ndarray]], flat_out: float) -> None:
-    """p50 and p99 event -> recommendation latency against the offered rate, with the flat-out throughput
-    and issue 6's targets (:data:`TARGET_RATE` at p99 <= :data:`TARGET_P99_MS`) marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for q, style in ((50, "o-"), (99, "s--")):
-        ax.plot(offered, [np.percentile(lat, q) for _, lat in phases], style, label=f"p{q}")
-    ax.axhline(TARGET_P99_MS, color="grey", lw=0.8, ls=":", label=f"target p99 {TARGET_P99_MS} ms")
-    ax.axvline(flat_out, color="tab:red", lw=0.8, ls=":", label=f"flat out {flat_out:,.0f}/s")
-    ax.axvline(TARGET_RATE, color="grey", lw=0.8, ls="--", label=f"target {TARGET_RATE:,}/s")
-    ax.set(xlabel="offered events/s", ylabel="event -> recommendation latency (ms)", yscale="log",
-           title="igrec, one worker on this machine", xlim=(0, max(TARGET_RATE, flat_out) * 1.05))
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def row(name: str, rate: float, latencies: np.ndarray) -> str:
-    p50, p99 = np.percentile(latencies, [50, 99])
-    return f"{name:<52} {rate:>10,.0f} {p50:>9.1f} {p99:>9.1f}"
-
-
-def measure(args: argparse.Namespace, settings: Settings, broker: int | None, events: list[dict]) -> None:
-    """The phases of the module docstring on the run's topics (``settings``), then the table."""
+def measure(args: argparse.Namespace, settings: Settings, broker: int | None, events: list[dict]) -> dict:
+    """The phases of the module docstring on the run's topics (``settings``): the run's figures, as
+    ``--json`` writes them."""
     ceiling_topic = f"{settings.topic_events}.ceiling"
     asyncio.run(ensure_topics(settings, [ceiling_topic]))
     ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events[: args.events], None, 120))
@@ -350,31 +319,78 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, ev
     written = asyncio.run(messages_written(settings, run_prefix(settings), inputs))
     fanout = round(written / worker_events)
     relayed = asyncio.run(fanout_ceiling(settings, events[: args.events], fanout))
+    card = read_card(args.artefact)
+    return {
+        "artefact": str(args.artefact),
+        "model": {key: card.get("model", {}).get(key) for key in ("arch", "n_items", "dim", "interests")},
+        "test": {key: card.get("metrics", {}).get("test", {}).get(key) for key in ("HR@20", "MRR@20")},
+        "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "load_average": round(os.getloadavg()[0], 2)},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=ROOT).stdout.strip() or None,
+        "events": args.events,
+        "latency_events": args.latency_events,
+        "concurrent_users": args.concurrent_users,
+        "worker_args": args.worker_arg,
+        "ceiling": summary(*ceiling),
+        "flat_out": summary(*flat_out),
+        "phases": [summary(*phase, offered=rate, split=parts_at)
+                   for rate, phase, parts_at in zip(args.rate, at_rate, parts, strict=True)],
+        "relay": summary(*relayed) | {"messages_per_event": fanout},
+        "messages_written": written,
+        "worker_events": worker_events,
+        "cpu_us_per_event": {name: round(value, 1) for name, value in cpu.items()},
+    }
 
+
+def cpu_model() -> str | None:
+    """The processor's model name from /proc/cpuinfo (None where there is none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def summary(rate: float, latencies: np.ndarray, offered: float | None = None,
+            split: dict[str, dict] | None = None) -> dict:
+    """One phase as the run's JSON holds it: events/s, p50 / p99 ms, the offered rate and the worker's own
+    split (p50 / p99 ms of each part) where given."""
+    p50, p99 = np.percentile(latencies, [50, 99])
+    result = {"events_per_s": round(rate, 1), "p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
+    if offered is not None:
+        result = {"offered": offered} | result
+    if split is not None:
+        result["split_ms"] = {name: [round(float(np.percentile(values, q)), 2) for q in (50, 99)]
+                              for name, values in latency_split(split).items()}
+    return result
+
+
+def report(run: dict) -> None:
+    """Print a run (:func:`measure`) as the table and lines of the module docstring."""
     print(f"\n{'phase':<52} {'events/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
-    print(row("aiokafka produce -> consume (ceiling)", *ceiling))
-    print(row("worker, as fast as possible", *flat_out))
-    for rate, phase in zip(args.rate, at_rate, strict=True):
-        print(row(f"worker at {rate:,.0f} events/s", *phase))
-    print(row(f"aiokafka relay, {fanout} messages per event (I/O ceiling)", *relayed))
-    print(f"\nthe worker wrote {written:,} Kafka messages for {worker_events:,} events: {written / worker_events:.2f} "
-          "per event (outputs, internal topics and changelogs)")
-    for rate, split in zip(args.rate, parts, strict=True):
-        print(f"\nthe worker's own split at {rate:,.0f} events/s, p50 / p99 ms: " + "; ".join(
-            f"{name} {np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
-            for name, values in latency_split(split).items()))
+    print(row("aiokafka produce -> consume (ceiling)", run["ceiling"]))
+    print(row("worker, as fast as possible", run["flat_out"]))
+    for phase in run["phases"]:
+        print(row(f"worker at {phase['offered']:,.0f} events/s", phase))
+    print(row(f"aiokafka relay, {run['relay']['messages_per_event']} messages per event (I/O ceiling)", run["relay"]))
+    written, events = run["messages_written"], run["worker_events"]
+    print(f"\nthe worker wrote {written:,} Kafka messages for {events:,} events: {written / events:.2f} per event "
+          "(outputs, internal topics and changelogs)")
+    for phase in run["phases"]:
+        print(f"\nthe worker's own split at {phase['offered']:,.0f} events/s, p50 / p99 ms: " + "; ".join(
+            f"{name} {p50:.1f} / {p99:.1f}" for name, (p50, p99) in phase["split_ms"].items()))
+    cpu = run["cpu_us_per_event"]
     print(f"\nworker CPU per event, flat-out phase: scorer process {cpu['scorer']:.0f} us, the rest (event loop, "
           f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
+    cores = run["machine"]["cores"]
     if "broker" in cpu:
         total = sum(cpu.values())
         print(f"with the local Kafka broker's {cpu['broker']:.0f} us: {total:.0f} us of CPU per event, so "
-              f"{os.cpu_count()} cores busy all the time would carry at most {os.cpu_count() * 1e6 / total:,.0f} "
-              "events/s")
-    print(f"\nmachine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; artefact {args.artefact}; "
-          f"about {args.concurrent_users:,} users active at once; worker arguments {args.worker_arg or 'default'}")
-    if args.plot:
-        plot_latency(args.plot, args.rate, at_rate, flat_out[0])
-        print(f"plot: {args.plot}")
+              f"{cores} cores busy all the time would carry at most {cores * 1e6 / total:,.0f} events/s")
+    print(f"\nmachine: {cores} cores ({run['machine']['cpu']}); load average {run['machine']['load_average']:.1f}; "
+          f"artefact {run['artefact']}; about {run['concurrent_users']:,} users active at once; worker arguments "
+          f"{run['worker_args'] or 'default'}")
 
 
 def main() -> None:
@@ -387,6 +403,9 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=5_000, help="events in each latency phase")
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help="also draw p50 / p99 latency against the offered rate (with the flat-out rate)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the run's figures (with machine, date, commit and the artefact's model "
+                             "and test HR@20) here; bench/plot_worker.py draws several runs in one plot")
     parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                         help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
     parser.add_argument("--profile", type=Path, metavar="SVG|TXT",
@@ -415,7 +434,15 @@ def main() -> None:
     settings = isolated(base)
     try:
         asyncio.run(ensure_topics(settings))
-        measure(args, settings, broker, events)
+        run = measure(args, settings, broker, events)
+        report(run)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_bytes(orjson.dumps(run, option=orjson.OPT_INDENT_2))
+            print(f"figures: {args.json}")
+        if args.plot:
+            plot_runs(args.plot, [run])
+            print(f"plot: {args.plot}")
     finally:
         if not args.keep_topics:
             asyncio.run(delete_topics(base, run_prefix(settings)))
