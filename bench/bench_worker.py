@@ -19,7 +19,10 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      45000 or more, 107 us with 15000).
 Events are real Diginetica test sessions replayed click by click, one user per session, interleaved so that
 about --concurrent-users users are active at once (a micro-batch then rarely holds two events of one user, as
-in live traffic). Prints a table.
+in live traffic). Each phase replays them from the start as users of its own, so a phase can be as long as
+the split (76,821 clicks): at high rates give the latency phases enough events to reach a steady state (at
+5,000 events/s, 6,000 events last 1.2 s, and the first second's ramp-up then dominates p99). Prints a table;
+--json keeps the figures, --plot draws them (bench/plot_worker.py draws several runs together).
 """
 
 from __future__ import annotations
@@ -273,19 +276,21 @@ def row(name: str, phase: dict) -> str:
     return f"{name:<52} {phase['events_per_s']:>10,.0f} {phase['p50_ms']:>9.1f} {phase['p99_ms']:>9.1f}"
 
 
-def measure(args: argparse.Namespace, settings: Settings, broker: int | None, events: list[dict]) -> dict:
-    """The phases of the module docstring on the run's topics (``settings``): the run's figures, as
-    ``--json`` writes them."""
+def measure(args: argparse.Namespace, settings: Settings, broker: int | None, sessions: list[list[int]]) -> dict:
+    """The phases of the module docstring on the run's topics (``settings``), each on the test ``sessions`` as
+    new users of its own: the run's figures, as ``--json`` writes them."""
+    tag = f"b{uuid.uuid4().hex[:6]}"
+    events = interleaved(sessions, tag, args.concurrent_users)[: args.events]
     ceiling_topic = f"{settings.topic_events}.ceiling"
     asyncio.run(ensure_topics(settings, [ceiling_topic]))
-    ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events[: args.events], None, 120))
+    ceiling = asyncio.run(run_phase(settings, ceiling_topic, ceiling_topic, events, None, 120))
 
     with tempfile.TemporaryDirectory() as workdir:
         worker = WorkerProcess(settings, args.artefact, Path(workdir), app_id=f"{settings.topic_events}-w",
                                name="worker", extra=args.worker_arg).start()
         pid = worker.process.pid
         try:
-            warm = events[-WARM_EVENTS:]
+            warm = interleaved(sessions, f"{tag}w", args.concurrent_users)[:WARM_EVENTS]
             try:
                 asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, warm, None, 180))
             except RuntimeError:
@@ -297,7 +302,7 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, ev
             profiler = record_profile(pid, args.profile, args.profile_seconds) if args.profile else None
             flat_out = asyncio.run(
                 run_phase(
-                    settings, settings.topic_events, settings.topic_recommendations, events[: args.events], None, 600
+                    settings, settings.topic_events, settings.topic_recommendations, events, None, 600
                 )
             )
             cpu = cpu_per_event(before, thread_cpu(pid), args.events)
@@ -307,18 +312,17 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, ev
                 print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
             at_rate, parts = [], []
             for index, rate in enumerate(args.rate):
-                begin = args.events + index * args.latency_events
+                phase = interleaved(sessions, f"{tag}r{index}", args.concurrent_users)[: args.latency_events]
                 parts.append({})
                 at_rate.append(asyncio.run(run_phase(
-                    settings, settings.topic_events, settings.topic_recommendations,
-                    events[begin : begin + args.latency_events], rate, 600, parts[-1])))
+                    settings, settings.topic_events, settings.topic_recommendations, phase, rate, 600, parts[-1])))
         finally:
             worker.stop()
     inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
     worker_events = WARM_EVENTS + args.events + len(args.rate) * args.latency_events
     written = asyncio.run(messages_written(settings, run_prefix(settings), inputs))
     fanout = round(written / worker_events)
-    relayed = asyncio.run(fanout_ceiling(settings, events[: args.events], fanout))
+    relayed = asyncio.run(fanout_ceiling(settings, events, fanout))
     card = read_card(args.artefact)
     return {
         "artefact": str(args.artefact),
@@ -422,19 +426,17 @@ def main() -> None:
     if not (args.artefact / CARD_FILE).is_file():
         parser.error(f"--artefact {args.artefact}: no {CARD_FILE} there (an `igrec export` folder is expected)")
     sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
-    events = interleaved(sessions, f"b{uuid.uuid4().hex[:6]}", args.concurrent_users)
-    wanted = args.events + len(args.rate) * args.latency_events
-    if wanted > len(events) - WARM_EVENTS:
-        parser.error(f"--events {args.events:,} and {len(args.rate)} rates x --latency-events {args.latency_events:,} "
-                     f"need {wanted:,} distinct events; the Diginetica test split has {len(events):,}, "
-                     f"{WARM_EVENTS} of them kept to warm the worker up: at most {len(events) - WARM_EVENTS:,}")
+    available = sum(len(session) for session in sessions)
+    if max(args.events, args.latency_events) > available:
+        parser.error(f"--events and --latency-events can be at most {available:,}: the clicks of the Diginetica "
+                     "test split (each phase replays them as users of its own)")
 
     base = Settings.load()
     broker = stack.up(base, log=lambda _: None).get("kafka")
     settings = isolated(base)
     try:
         asyncio.run(ensure_topics(settings))
-        run = measure(args, settings, broker, events)
+        run = measure(args, settings, broker, sessions)
         report(run)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
