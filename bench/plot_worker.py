@@ -1,7 +1,8 @@
 """Plot event -> recommendation latency against the offered rate for runs of `bench_worker.py --json`.
 
-One colour per run: p99 (solid) and p50 (dotted) at each offered rate, and the run's flat-out throughput as a
-vertical line; issue 6's target (5,000 events/s at p99 <= 50 ms) in grey. Give it runs of different models
+One colour per model: p99 (solid) and p50 (dotted) at each offered rate, and the flat-out throughput as a
+vertical line; several runs of one artefact make one line (medians, the range of p99 shaded). Issue 6's
+target (5,000 events/s at p99 <= 50 ms) in grey. Give it runs of different models
 (say, item dimensions 32, 64 and 100) on one machine to see what each costs in capacity; the legend names
 each run's model and its test HR@20 from the artefact's card.
 
@@ -31,25 +32,33 @@ def label(run: dict) -> str:
 
 
 def plot_runs(path: Path, runs: list[dict], title: str = "igrec, one worker on this machine") -> None:
-    """Draw ``runs`` (the dicts `bench_worker.py --json` writes) into the PNG ``path``."""
+    """Draw ``runs`` (the dicts `bench_worker.py --json` writes) into the PNG ``path``. Runs of one artefact
+    at the same rates are drawn as one: the median of each percentile, and the range of p99 shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((label(run), tuple(phase["offered"] for phase in run["phases"])), []).append(run)
     fig, ax = plt.subplots(figsize=(9.6, 4.4))
     widest = TARGET_RATE
-    for index, run in enumerate(runs):
+    for index, ((name, offered), members) in enumerate(groups.items()):
         colour = f"C{index}"
-        offered = [phase["offered"] for phase in run["phases"]]
-        ax.plot(offered, [phase["p99_ms"] for phase in run["phases"]], "s-", color=colour,
-                label=f"p99, {label(run)}")
-        ax.plot(offered, [phase["p50_ms"] for phase in run["phases"]], "o:", color=colour, ms=3, lw=1,
-                label="p50")
-        flat_out = run["flat_out"]["events_per_s"]
-        ax.axvline(flat_out, color=colour, lw=0.8, ls="-.", label=f"flat out {flat_out:,.0f}/s")
-        widest = max(widest, flat_out, *offered)
+        p99 = np.array([[phase["p99_ms"] for phase in run["phases"]] for run in members])
+        p50 = np.array([[phase["p50_ms"] for phase in run["phases"]] for run in members])
+        runs_note = f" ({len(members)} runs)" if len(members) > 1 else ""
+        ax.plot(offered, np.median(p99, 0), "s-", color=colour, label=f"p99, {name}{runs_note}")
+        if len(members) > 1:
+            ax.fill_between(offered, p99.min(0), p99.max(0), color=colour, alpha=0.15, lw=0)
+        ax.plot(offered, np.median(p50, 0), "o:", color=colour, ms=3, lw=1, label="p50")
+        flat_out = [run["flat_out"]["events_per_s"] for run in members]
+        span = f"{min(flat_out):,.0f}-{max(flat_out):,.0f}" if len(members) > 1 else f"{flat_out[0]:,.0f}"
+        ax.axvline(float(np.median(flat_out)), color=colour, lw=0.8, ls="-.", label=f"flat out {span}/s")
+        widest = max(widest, *flat_out, *offered)
     ax.axhline(TARGET_P99_MS, color="grey", lw=0.8, ls=":", label=f"target p99 {TARGET_P99_MS} ms")
     ax.axvline(TARGET_RATE, color="grey", lw=0.8, ls="--", label=f"target {TARGET_RATE:,}/s")
     ax.set(xlabel="offered events/s", ylabel="event -> recommendation latency (ms)", yscale="log",
