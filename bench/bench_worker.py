@@ -15,13 +15,14 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      (steadier than events/s when other work shares the cores), and the local Kafka broker's, when this
      run's stack is local: together, the most events/s the machine's cores could carry. The broker's figure
      takes in all it did during the phase, including about a second of work that does not grow with the
-     events, so it is steady only over long phases (on the 2-vCPU Xeon: 35-41 us per event with --events
+     events, so it is steady only over long phases (on the 2-vCPU Xeon: 14-41 us per event with --events
      45000 or more, 107 us with 15000).
 Events are real Diginetica test sessions replayed click by click, one user per session, interleaved so that
 about --concurrent-users users are active at once (a micro-batch then rarely holds two events of one user, as
 in live traffic). Each phase replays them from the start as users of its own, so a phase can be as long as
 the split (76,821 clicks): at high rates give the latency phases enough events to reach a steady state (at
-5,000 events/s, 6,000 events last 1.2 s, and the first second's ramp-up then dominates p99). Prints a table;
+3,000 events/s, 6,000 events last 2 s, too short for the queues a longer phase builds: p99 then reads lower;
+docs/results.md). Prints a table;
 --json keeps the figures, --plot draws them (bench/plot_worker.py draws several runs together).
 """
 
