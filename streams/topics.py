@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import RequestTimedOutError, TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 
 from streams.settings import Settings
 
 
 async def ensure_topics(settings: Settings, names: list[str] | None = None,
-                        configs: dict[str, dict[str, str]] | None = None) -> dict[str, int]:
+                        configs: dict[str, dict[str, str]] | None = None, timeout: float = 30.0) -> dict[str, int]:
     """Create the missing topics among ``names`` (default: every igrec topic), with the topic ``configs``
-    given per name (e.g. ``cleanup.policy``); returns partitions per topic."""
+    given per name (e.g. ``cleanup.policy``); returns partitions per topic once the broker serves all of them.
+
+    A KRaft broker answers CreateTopics when the controller has committed the topic, and learns of it from
+    the metadata log a moment later; until then its metadata omits the topic. So this waits (up to
+    ``timeout`` seconds) until every wanted topic is described with its partitions, and raises
+    TimeoutError naming the ones still missing."""
     wanted = names if names is not None else list(settings.topics.values())
     configs = configs or {}
     admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
@@ -20,15 +29,43 @@ async def ensure_topics(settings: Settings, names: list[str] | None = None,
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:
-            await admin.create_topics([
+            response = await admin.create_topics([
                 NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1,
                          topic_configs=configs.get(name, {}))
                 for name in missing
             ])
-        described = await admin.describe_topics(wanted)
-        return {entry["topic"]: len(entry["partitions"]) for entry in described}
+            _raise_creation_errors(response.to_object()["topic_errors"])
+        return await _served_partitions(admin, wanted, timeout)
     finally:
         await admin.close()
+
+
+_STILL_COMING = (TopicAlreadyExistsError.errno, RequestTimedOutError.errno)
+
+
+def _raise_creation_errors(topic_errors: list[dict]) -> None:
+    """Raise for a topic the broker refused to create; one that another client created first, or whose
+    creation outlasted the request, is not an error (the wait for the broker's metadata follows)."""
+    refused = [entry for entry in topic_errors if entry["error_code"] and entry["error_code"] not in _STILL_COMING]
+    if refused:
+        raise RuntimeError("the broker refused to create " + "; ".join(
+            f"{entry['topic']}: {for_code(entry['error_code']).__name__} {entry.get('error_message') or ''}".rstrip()
+            for entry in refused))
+
+
+async def _served_partitions(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> dict[str, int]:
+    """Partitions per topic as the broker's metadata gives them, polled until every one of ``names`` is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described = await admin.describe_topics(names)
+        served = {entry["topic"]: len(entry["partitions"]) for entry in described
+                  if not entry["error_code"] and entry["partitions"]}
+        absent = [name for name in names if name not in served]
+        if not absent:
+            return served
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker does not serve {absent} {timeout:g} s after they were created")
+        await asyncio.sleep(0.1)
 
 
 async def partition_count(settings: Settings, topic: str) -> int:

@@ -6,22 +6,17 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.settings import Settings
-from streams.topics import delete_topics
+from streams.topics import delete_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
 
 async def _create_topic(settings: Settings, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        assert name in await admin.list_topics()
-    finally:
-        await admin.close()
+    served = await ensure_topics(settings.replace(topic_partitions=partitions), [name])
+    assert served == {name: partitions}
 
 
 async def _consume(settings: Settings, topic: str, group: str, count: int) -> list:
@@ -96,6 +91,14 @@ async def test_a_runs_topics_are_deleted_by_their_prefix_and_no_other(settings: 
     assert left == {f"{topic_name}.other"}
     with pytest.raises(ValueError):
         await delete_topics(settings, ".")
+
+
+async def test_a_topic_the_broker_refuses_is_a_clear_error(settings: Settings, topic_name: str) -> None:
+    """ensure_topics reads CreateTopics' per-topic errors (aiokafka returns them without raising) and
+    names the topic and the reason, instead of waiting for a topic that will never come."""
+    with pytest.raises(RuntimeError, match=rf"{topic_name}: InvalidConfigurationError"):
+        await ensure_topics(settings, [topic_name], {topic_name: {"cleanup.policy": "shred"}})
+    assert await ensure_topics(settings.replace(topic_partitions=2), [topic_name]) == {topic_name: 2}
 
 
 async def test_a_closed_record_batch_leaves_without_the_producers_linger(settings: Settings, topic_name: str) -> None:
