@@ -81,9 +81,11 @@ async def partition_count(settings: Settings, topic: str) -> int:
     return len(described[0]["partitions"])
 
 
-async def delete_topics(settings: Settings, prefix: str) -> list[str]:
+async def delete_topics(settings: Settings, prefix: str, timeout: float = 30.0) -> list[str]:
     """Delete every topic whose name starts with ``prefix``: the topics of one bench or test run (their
-    isolated settings give all of them, internal and changelog topics too, one prefix). Returns the names."""
+    isolated settings give all of them, internal and changelog topics too, one prefix). Returns the names
+    once the broker's metadata no longer lists them (deletion, like creation, reaches it a moment after the
+    answer), or raises TimeoutError after ``timeout`` seconds."""
     if not prefix.rstrip("."):
         raise ValueError(f"prefix {prefix!r} would delete every topic")
     admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
@@ -92,6 +94,11 @@ async def delete_topics(settings: Settings, prefix: str) -> list[str]:
         names = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
         if names:
             await admin.delete_topics(names)
+        deadline = time.monotonic() + timeout
+        while left := sorted(set(names) & set(await admin.list_topics())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the broker still lists {left} {timeout:g} s after deleting them")
+            await asyncio.sleep(0.1)
         return names
     finally:
         await admin.close()
