@@ -246,7 +246,7 @@ def _kafka_command(service: Service) -> list[str]:
                 "share.coordinator.state.topic.replication.factor=1",
                 "share.coordinator.state.topic.min.isr=1",
                 "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
+                "auto.create.topics.enable=false",
                 "",
             ]
         )
