@@ -292,7 +292,6 @@ def _replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from streams.replay import cases_to_sessions, publish, raw_events, session_events
-    from streams.topics import ensure_topics
 
     run = args.run or f"replay-{int(time.time())}"
     if args.replay_command == "split":
@@ -308,7 +307,6 @@ def _replay(args: argparse.Namespace) -> int:
         events = raw_events(reader(args.path), run=run)
         what = f"the {args.format} log {args.path}"
     topic = args.topic or args.settings.topic_events
-    asyncio.run(ensure_topics(args.settings, [topic]))
     asyncio.run(publish(args.settings, topic, events, rate=args.rate, desc=f"replay -> {topic}"))
     print(f"published {len(events)} events of {what} to {topic} (run {run})")
     return 0

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from model.data import Cases, Clicks
 from streams.records import SCHEMA_VERSION
 from streams.settings import Settings
-from streams.topics import partition_count
+from streams.topics import ensure_topics, partition_count
 
 REPLAY_EPOCH = 1_700_000_000.0
 CLICK_SPACING_S = 30.0
@@ -99,8 +99,10 @@ async def publish_payloads(
     desc: str | None = None,
     rate: float | None = None,
 ) -> None:
-    """Publish raw payloads (optionally keyed, at most ``rate`` per second) with an idempotent producer;
-    returns once all are acknowledged."""
+    """Publish raw payloads (optionally keyed, at most ``rate`` per second) with an idempotent producer, to
+    ``topic`` (created first when missing: igrec never relies on the broker's auto-creation); returns once all
+    are acknowledged."""
+    await ensure_topics(settings, [topic])
     producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), enable_idempotence=True, acks="all", linger_ms=5)
     await producer.start()
     began = time.perf_counter()

@@ -25,6 +25,7 @@ from streams.harness import group_offsets, wait_until
 from streams.kg import facts_jsonl_triples, kg_txt_triples, snapshot
 from streams.neo4j_sink import SINK_GROUP, Neo4jSink, connect
 from streams.settings import ROOT, Settings
+from streams.topics import ensure_topics
 from streams.triples import Triple, bundles, edge, node
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,7 @@ def real_triples(prefix: str, n_sessions: int = 150, n_kg: int = 1500) -> list[T
 
 
 async def publish(settings: Settings, topic: str, payloads: list[bytes], pause: float = 0.0, chunks: int = 1) -> None:
+    await ensure_topics(settings, [topic])
     producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), enable_idempotence=True, acks="all")
     await producer.start()
     try:

@@ -180,6 +180,8 @@ def test_a_fresh_stack_is_up_only_once_consumer_groups_can_join(settings: Settin
                              neo4j_port=neo4j)
     stack.up(fresh)
     try:
+        asyncio.run(ensure_topics(fresh, ["fresh-probe"]))
+
         async def join() -> None:
             consumer = AIOKafkaConsumer("fresh-probe", bootstrap_servers=f"127.0.0.1:{kafka}",
                                         group_id=f"g-{uuid.uuid4().hex}")
