@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads `item relation entity` lines (e.g. ../shared/data/session_kg_dsrhk/Tmall/kg.txt) or a "
         "JSON-lines file of facts (`igrec items facts`, `igrec linkpred predict`; name ending in .jsonl), validates "
         "every one (a bad file is refused, naming the line, before anything is sent), publishes them as triples "
-        "to igrec.kg.triples, and with --sink runs the sink until they are in Neo4j.",
+        "to igrec.kg.triples (in bundles of up to 1,000 facts per message), and with --sink runs the sink until "
+        "they are in Neo4j.",
     )
     load.add_argument("path", help="kg.txt file (relation names from a relations.txt beside it if present), "
                       "or facts .jsonl")
@@ -451,7 +452,7 @@ def _kg_load(args: argparse.Namespace) -> int:
 
     from streams.kg import facts_jsonl_triples, kg_txt_triples
     from streams.neo4j_sink import Neo4jSink
-    from streams.replay import publish_payloads
+    from streams.replay import publish_facts
     from streams.triples import TripleError
 
     reader = facts_jsonl_triples if args.path.endswith(".jsonl") else kg_txt_triples
@@ -460,11 +461,10 @@ def _kg_load(args: argparse.Namespace) -> int:
     except TripleError as error:
         print(f"igrec kg load: refused, nothing published: {error}", file=sys.stderr)
         return 1
-    payloads = [t.to_json() for t in tqdm(triples, desc="encode", unit="triple")]
-    asyncio.run(publish_payloads(args.settings, args.settings.topic_triples, payloads, desc="publish triples"))
-    print(f"published {len(payloads)} triples to {args.settings.topic_triples}")
+    messages = asyncio.run(publish_facts(args.settings, triples, desc="publish bundles"))
+    print(f"published {len(triples)} triples in {messages} messages to {args.settings.topic_triples}")
     if args.sink:
-        with tqdm(total=len(payloads), desc="write Neo4j", unit="triple") as bar:
+        with tqdm(total=messages, desc="write Neo4j", unit="message") as bar:
             sink = Neo4jSink(args.settings, on_batch=lambda s: bar.update(s.messages - bar.n))
             stats = asyncio.run(sink.run(until_caught_up=True))
         print(f"sink: {stats.written} written, {stats.dead_lettered} dead-lettered, {stats.batches} batches")

@@ -221,14 +221,14 @@ def run_demo(
 def _load_knowledge(settings: Settings, kg_txt: Path) -> None:
     """Publish the split's item knowledge to the triples topic; the running sink writes it (as `igrec kg load`)."""
     from streams.kg import kg_txt_triples
-    from streams.replay import publish_payloads
+    from streams.replay import publish_facts
 
     if not kg_txt.is_file():
         _say(5, f"no item knowledge: {kg_txt} does not exist")
         return
     _say(5, f"item knowledge {kg_txt} -> {settings.topic_triples} -> sink -> Neo4j")
-    payloads = [t.to_json() for t in tqdm(kg_txt_triples(kg_txt), desc="read kg.txt", unit="fact")]
-    asyncio.run(publish_payloads(settings, settings.topic_triples, payloads, desc="publish item knowledge"))
+    facts = list(tqdm(kg_txt_triples(kg_txt), desc="read kg.txt", unit="fact"))
+    asyncio.run(publish_facts(settings, facts, desc="publish item knowledge"))
 
 
 def _show_graph(settings: Settings, work: Path, began: float) -> int:

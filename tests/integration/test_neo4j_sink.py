@@ -24,9 +24,10 @@ from model.data import read_split
 from streams.harness import group_offsets, wait_until
 from streams.kg import facts_jsonl_triples, kg_txt_triples, snapshot
 from streams.neo4j_sink import SINK_GROUP, Neo4jSink, connect
+from streams.replay import publish_facts
 from streams.settings import ROOT, Settings
 from streams.topics import ensure_topics
-from streams.triples import Triple, bundles, edge, node
+from streams.triples import MAX_FACTS, Triple, bundles, edge, node
 
 pytestmark = pytest.mark.integration
 TMALL = ROOT.parent / "shared" / "data" / "session_kg_dsrhk" / "Tmall"
@@ -128,16 +129,19 @@ async def test_bundles_write_what_single_facts_write(settings: Settings, topic_n
 
 async def test_item_knowledge_replays_identically(settings: Settings, topic_name: str, tmp_path) -> None:
     """The fashion catalogue's item knowledge (`igrec items facts`: item nodes with photo attributes,
-    category paths, resolved attributes, TF-IDF keywords) through `kg load`'s reader, the topic and the sink,
-    delivered twice: the graph holds every fact once, with its values, and the second delivery changes nothing."""
+    category paths, resolved attributes, TF-IDF keywords) through `kg load`'s reader and publisher (bundles of up
+    to MAX_FACTS), the topic and the sink, delivered twice: the graph holds every fact once, with its values, and
+    the second delivery changes nothing."""
     from model.cli import main as model_main
 
     facts_file = tmp_path / "facts.jsonl"
     model_main(["items", "facts", "--out", str(facts_file)])
     prefix = f"{uuid.uuid4().hex[:8]}:"
     triples = list(facts_jsonl_triples(facts_file, prefix=prefix))
-    await publish(settings, topic_name, [t.to_json() for t in triples])
-    await drain(settings, topic_name, group=f"{topic_name}-a")
+    own_topic = settings.replace(topic_triples=topic_name)
+    assert await publish_facts(own_topic, triples) == -(-len(triples) // MAX_FACTS)
+    sink = await drain(settings, topic_name, group=f"{topic_name}-a")
+    assert sink.stats.written == len(triples)
     first = graph(settings, prefix)
     nodes, rels = first
     assert Counter(r[1] for r in rels) == Counter(t.rel for t in triples if t.rel)
@@ -147,7 +151,7 @@ async def test_item_knowledge_replays_identically(settings: Settings, topic_name
     labels = Counter(n[0][0] for n in nodes)
     assert labels["Item"] == 2637 and labels["Keyword"] > 1000 and labels["Category"] > 100 and labels["Entity"] > 50
 
-    await publish(settings, topic_name, [t.to_json() for t in triples])
+    await publish_facts(own_topic, triples)
     await drain(settings, topic_name, group=f"{topic_name}-a")
     assert graph(settings, prefix) == first, "item knowledge delivered again must change nothing"
 
