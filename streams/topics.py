@@ -53,13 +53,17 @@ def _raise_creation_errors(topic_errors: list[dict]) -> None:
             for entry in refused))
 
 
+def _served(described: list[dict]) -> dict[str, int]:
+    """Partitions per topic of a metadata answer, for the topics the broker serves (no error, partitions known)."""
+    return {entry["topic"]: len(entry["partitions"]) for entry in described
+            if not entry["error_code"] and entry["partitions"]}
+
+
 async def _served_partitions(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> dict[str, int]:
     """Partitions per topic as the broker's metadata gives them, polled until every one of ``names`` is there."""
     deadline = time.monotonic() + timeout
     while True:
-        described = await admin.describe_topics(names)
-        served = {entry["topic"]: len(entry["partitions"]) for entry in described
-                  if not entry["error_code"] and entry["partitions"]}
+        served = _served(await admin.describe_topics(names))
         absent = [name for name in names if name not in served]
         if not absent:
             return served
@@ -73,12 +77,12 @@ async def partition_count(settings: Settings, topic: str) -> int:
     admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
     await admin.start()
     try:
-        described = await admin.describe_topics([topic])
+        served = _served(await admin.describe_topics([topic]))
     finally:
         await admin.close()
-    if not described or described[0]["error_code"] or not described[0]["partitions"]:
+    if topic not in served:
         raise ValueError(f"topic {topic} does not exist")
-    return len(described[0]["partitions"])
+    return served[topic]
 
 
 async def delete_topics(settings: Settings, prefix: str, timeout: float = 30.0) -> list[str]:
