@@ -122,11 +122,11 @@ async def publish_payloads(
         await producer.stop()
 
 
-async def publish_facts(settings: Settings, facts: Sequence[Triple], desc: str | None = None) -> int:
+async def publish_facts(settings: Settings, facts: list[Triple], desc: str | None = None) -> int:
     """Publish knowledge ``facts`` (validated triples) to the triples topic in bundle messages of up to
     ``MAX_FACTS`` each, as the worker sends its own: a thousandth of the messages that one per fact takes, for
     the producer, the broker and the sink alike. Returns the number of messages."""
-    payloads = bundles(list(facts))
+    payloads = bundles(facts)
     await publish_payloads(settings, settings.topic_triples, payloads, desc=desc)
     return len(payloads)
 
