@@ -21,8 +21,12 @@ letter), also when an agent crashes, and a failed delivery stops the worker (:cl
 can only re-deliver. A
 re-delivered event does not change the state (``streams.state`` keeps the last applied offset per user) and
 its recommendation is recomputed on the same prefix and re-emitted under the same ``event_id``; triples are
-absolute values. Exactly-once (Kafka transactions) was not chosen: it would make every output wait for a
-transaction commit, and the idempotent contract already gives every consumer one answer per event.
+absolute values. A re-delivered event still writes its user's state again (and a repeated transition its
+count): a Table writes its local store before its changelog, so a crash or a failed delivery between the two
+leaves a state that the store holds and the changelog does not. The restart finds the event applied, and
+without that write the changelog, the only copy that follows the partition to another worker, would miss it
+until the user's next event. Exactly-once (Kafka transactions) was not chosen: it would make every output
+wait for a transaction commit, and the idempotent contract already gives every consumer one answer per event.
 
 A user's state lives in the partition its events arrive on (the Table is co-partitioned with the events
 topic), so any producer partitioner works as long as it sends one key to one partition; the key must be the
@@ -184,8 +188,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         event = parse_event(message.value, message.key, now)
         state = user_state(out, message)
         state, step = apply_event(state, event, message.partition, message.offset, config.policy)
-        if step.applied:
-            users[message.key] = orjson.dumps(state)
+        users[message.key] = orjson.dumps(state)  # a re-delivery too: see the module's docstring
         kafka_ts = message.timestamp or now  # faust gives Kafka timestamps in seconds
         return Scored(event, step, now, kafka_ts, message)
 
@@ -371,10 +374,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
                     log.error("stored NEXT count unreadable: transition dead-lettered", extra={"fields": {
                         "pair": key.decode(), "error": str(error)}})
                     continue
-                new = counted(state, transition)
-                if new is not None:
-                    state = new
-                    next_counts[key] = orjson.dumps(state)
+                state = counted(state, transition) or state
+                next_counts[key] = orjson.dumps(state)  # a repeat too, as a re-delivered event's state
                 facts.append(edge(("Item", transition["head"]), "NEXT", ("Item", transition["tail"]),
                                   count=state["count"]))
             partition = message.partition % out.partition_count(settings.topic_triples)

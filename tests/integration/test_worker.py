@@ -457,3 +457,46 @@ def test_an_unreadable_user_state_is_dead_lettered_and_the_user_starts_afresh(is
         assert [recs[e["event_id"]][0]["position"] for e in session] == list(range(len(session))), (
             "the fresh state is stored and carries the session on")
     assert "not JSON" in dead["state-u3"][0]["reason"] and "missing" in dead["state-u7"][0]["reason"]
+
+
+@pytest.mark.parametrize("table", ["users", "next-counts"])
+def test_state_stored_before_a_failed_changelog_write_reaches_the_changelog_after_a_restart(
+        iso: Settings, artefact: Path, scorer, tmp_path, table: str) -> None:
+    """A worker writes a table's local store (RocksDB) first and its changelog after. Here the changelog refuses
+    every record (its max.message.bytes is below any state's size), so the worker stops with states stored that
+    the changelog never got; a crash between the two writes leaves the same. The restart, on the same folder,
+    reads those events (or transitions) again and recognises them as applied. Only the changelog follows a
+    partition to another worker, so the restart must write those states again: a worker on a fresh folder
+    then takes each user's last click, and its recommendation must see the whole session and its NEXT count
+    every earlier click of the pair (each session's last pair was clicked before in it)."""
+    app_id = f"{iso.topic_events}-w"
+    changelog = f"{app_id}-{table}-changelog"
+    asyncio.run(ensure_topics(iso, [changelog], {changelog: {"cleanup.policy": "compact"}}))
+    asyncio.run(configure_topic(iso, changelog, {"cleanup.policy": "compact", "max.message.bytes": "64"}))
+    sessions = [s for s in diginetica_sessions(400, skip=3000)
+                if len(s) >= 3 and (s[-2], s[-1]) in set(itertools.pairwise(s[:-1]))][:24]
+    events = list(session_events(sessions, run="stored"))
+    last = {e["user_id"]: e for e in events}
+    earlier = [e for e in events if e is not last[e["user_id"]]]
+    expected = expected_recommendations(scorer, sessions, run="stored")
+    first = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1").start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, earlier))
+        assert wait_until(lambda: not first.alive(), timeout=120), first.log_tail()
+        assert "a delivery to Kafka failed (" in first.log_tail(1_000_000)
+        asyncio.run(configure_topic(iso, changelog, {"cleanup.policy": "compact"}))
+        first = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1").start()
+        asyncio.run(collect(iso, iso.topic_recommendations, len(earlier), timeout=240, watch=[first]))
+        assert_next_counts(iso, [s[:-1] for s in sessions])
+        assert_all_committed(uncommitted(iso, app_id, timeout=30))
+    finally:
+        first.stop()
+    moved = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w2").start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, list(last.values())))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(events), timeout=240, watch=[moved]))
+        assert_next_counts(iso, sessions)
+    finally:
+        moved.stop()
+    assert_same_recommendations({e["event_id"]: got[e["event_id"]] for e in last.values()},
+                                {e["event_id"]: expected[e["event_id"]] for e in last.values()})
