@@ -11,12 +11,14 @@ In one run, on the configured stack (IGREC_* settings; the local stack is starte
      changelogs), counted from the end offsets, and a plain aiokafka relay that consumes each event and
      produces that many messages for it, no state and no scoring: the ceiling of the worker's Kafka I/O
      alone on this machine;
-  5. the worker's CPU time per event in phase 2, from /proc: its scorer process and the rest of the worker
-     (steadier than events/s when other work shares the cores), and the local Kafka broker's, when this
-     run's stack is local: together, the most events/s the machine's cores could carry. The broker's figure
-     takes in all it did during the phase, including about a second of work that does not grow with the
-     events, so it is steady only over long phases (on the 2-vCPU Xeon: 14-41 us per event with --events
-     45000 or more, 107 us with 15000).
+  5. CPU time per event in phases 2 and 3, from /proc, from the first send to the last recommendation: the
+     worker's scorer process and the rest of the worker (steadier than events/s when other work shares the
+     cores), the local Kafka broker's when this run's stack is local, and this bench's own (the load it
+     generates runs on the same cores); with the share of the machine's cores busy meanwhile. Phase 2's
+     worker and broker figures together give the most events/s the machine's cores could carry. The
+     broker's figure takes in all it did during the phase, including about a second of work that does not
+     grow with the events, so it is steady only over long phases (on the 2-vCPU Xeon: 14-41 us per event
+     with --events 45000 or more, 107 us with 15000).
 Events are real Diginetica test sessions replayed click by click, one user per session, interleaved so that
 about --concurrent-users users are active at once (a micro-batch then rarely holds two events of one user, as
 in live traffic). Each phase replays them from the start as users of its own, so a phase can be as long as
@@ -111,13 +113,18 @@ async def receive(settings: Settings, topic: str, want: int, timeout: float,
 
 async def run_phase(
     settings: Settings, in_topic: str, out_topic: str, events: list[dict], rate: float | None, timeout: float,
-    parts: dict[str, dict] | None = None,
+    parts: dict[str, dict] | None = None, meter: Meter | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Produce ``events`` and receive one output per event; returns (events/s, latencies in ms)."""
+    """Produce ``events`` and receive one output per event; returns (events/s, latencies in ms). ``meter``, if
+    given, counts from just before the first send to the last receipt."""
     receiver = asyncio.create_task(receive(settings, out_topic, len(events), timeout, parts))
     await asyncio.sleep(2.0)
+    if meter is not None:
+        meter.start()
     sent = await produce(settings, in_topic, events, rate)
     got = await receiver
+    if meter is not None:
+        meter.stop()
     if len(got) < len(events):
         raise RuntimeError(f"only {len(got)} of {len(events)} outputs arrived within {timeout:.0f} s")
     first, last = min(sent.values()), max(got.values())
@@ -238,11 +245,48 @@ def process_cpu(pid: int | None) -> float:
     return sum(thread_cpu(pid).values()) if pid is not None else 0.0
 
 
-def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
-    """Microseconds of CPU per event: the scorer process, and the rest of the worker process."""
-    used = {name: after[name] - before.get(name, 0.0) for name in after}
-    scorer = sum(v for name, v in used.items() if name.startswith(SCORER_PROCESS))
-    return {"scorer": 1e6 * scorer / events, "rest": 1e6 * (sum(used.values()) - scorer) / events}
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all the machine's cores so far (/proc/stat; idle and iowait are not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])  # guest time is already counted in user time
+    return total - fields[3] - fields[4], total
+
+
+class Meter:
+    """Where the CPU went over one phase: microseconds per event of the worker's scorer process, the rest of the
+    worker, the local broker (when this run found one) and this bench process (the load: producer and
+    receiver), and the share of all cores that was busy (everything on the machine)."""
+
+    def __init__(self, worker: int, broker: int | None) -> None:
+        self._worker, self._broker = worker, broker
+        self._before: tuple = ()
+        self._after: tuple = ()
+
+    def _read(self) -> tuple:
+        bench = sum(seconds for _, seconds in _task_cpu(os.getpid()))  # not its children: the worker is one
+        return thread_cpu(self._worker), process_cpu(self._broker), bench, machine_jiffies()
+
+    def start(self) -> None:
+        self._before = self._read()
+
+    def stop(self) -> None:
+        self._after = self._read()
+
+    def per_event(self, events: int) -> dict[str, float]:
+        """The phase's CPU per event in microseconds (``scorer``, ``rest``, ``broker`` where known, ``bench``)."""
+        (worker0, broker0, bench0, _), (worker1, broker1, bench1, _) = self._before, self._after
+        used = {name: worker1[name] - worker0.get(name, 0.0) for name in worker1}
+        scorer = sum(v for name, v in used.items() if name.startswith(SCORER_PROCESS))
+        cpu = {"scorer": scorer, "rest": sum(used.values()) - scorer}
+        if self._broker is not None:
+            cpu["broker"] = broker1 - broker0
+        cpu["bench"] = bench1 - bench0
+        return {name: round(1e6 * seconds / events, 1) for name, seconds in cpu.items()}
+
+    def busy(self) -> float:
+        """The share of the machine's CPU time that was busy over the phase."""
+        (busy0, total0), (busy1, total1) = self._before[3], self._after[3]
+        return round((busy1 - busy0) / max(total1 - total0, 1), 3)
 
 
 def interleaved(sessions: list[list[int]], run: str, concurrent: int) -> list[dict]:
@@ -299,24 +343,19 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, se
                     raise RuntimeError(f"the worker exited with code {worker.process.returncode}; the end of its "
                                        f"log:\n{worker.log_tail()}") from None
                 raise
-            before, broker_before = thread_cpu(pid), process_cpu(broker)
             profiler = record_profile(pid, args.profile, args.profile_seconds) if args.profile else None
-            flat_out = asyncio.run(
-                run_phase(
-                    settings, settings.topic_events, settings.topic_recommendations, events, None, 600
-                )
-            )
-            cpu = cpu_per_event(before, thread_cpu(pid), args.events)
-            if broker is not None:
-                cpu["broker"] = 1e6 * (process_cpu(broker) - broker_before) / args.events
+            flat_meter = Meter(pid, broker)
+            flat_out = asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations, events,
+                                             None, 600, meter=flat_meter))
             if profiler is not None and profiler.wait(timeout=args.profile_seconds + 60) != 0:
                 print(f"py-spy failed (exit {profiler.returncode}); see {args.profile}.log", file=sys.stderr)
-            at_rate, parts = [], []
+            at_rate, parts, meters = [], [], []
             for index, rate in enumerate(args.rate):
                 phase = interleaved(sessions, f"{tag}r{index}", args.concurrent_users)[: args.latency_events]
                 parts.append({})
-                at_rate.append(asyncio.run(run_phase(
-                    settings, settings.topic_events, settings.topic_recommendations, phase, rate, 600, parts[-1])))
+                meters.append(Meter(pid, broker))
+                at_rate.append(asyncio.run(run_phase(settings, settings.topic_events, settings.topic_recommendations,
+                                                     phase, rate, 600, parts[-1], meters[-1])))
         finally:
             worker.stop()
     inputs = {settings.topic_events, ceiling_topic, settings.topic_dlq}
@@ -338,13 +377,12 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, se
         "concurrent_users": args.concurrent_users,
         "worker_args": args.worker_arg,
         "ceiling": summary(*ceiling),
-        "flat_out": summary(*flat_out),
-        "phases": [summary(*phase, offered=rate, split=parts_at)
-                   for rate, phase, parts_at in zip(args.rate, at_rate, parts, strict=True)],
+        "flat_out": summary(*flat_out) | metered(flat_meter, args.events),
+        "phases": [summary(*phase, offered=rate, split=parts_at) | metered(meter, args.latency_events)
+                   for rate, phase, parts_at, meter in zip(args.rate, at_rate, parts, meters, strict=True)],
         "relay": summary(*relayed) | {"messages_per_event": fanout},
         "messages_written": written,
         "worker_events": worker_events,
-        "cpu_us_per_event": {name: round(value, 1) for name, value in cpu.items()},
     }
 
 
@@ -355,6 +393,11 @@ def cpu_model() -> str | None:
     except OSError:
         return None
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def metered(meter: Meter, events: int) -> dict:
+    """A phase's CPU figures as the run's JSON holds them."""
+    return {"cpu_us_per_event": meter.per_event(events), "machine_busy": meter.busy()}
 
 
 def summary(rate: float, latencies: np.ndarray, offered: float | None = None,
@@ -385,14 +428,21 @@ def report(run: dict) -> None:
     for phase in run["phases"]:
         print(f"\nthe worker's own split at {phase['offered']:,.0f} events/s, p50 / p99 ms: " + "; ".join(
             f"{name} {p50:.1f} / {p99:.1f}" for name, (p50, p99) in phase["split_ms"].items()))
-    cpu = run["cpu_us_per_event"]
-    print(f"\nworker CPU per event, flat-out phase: scorer process {cpu['scorer']:.0f} us, the rest (event loop, "
-          f"aiokafka, RocksDB) {cpu['rest']:.0f} us")
+    print("\nCPU per event (us), from the first send to the last recommendation of each phase: the worker's scorer "
+          "process, the rest of the worker (event loop, aiokafka, RocksDB), the local Kafka broker, this bench (the "
+          "load); and the share of the machine's cores busy meanwhile")
+    print(f"{'phase':<28} {'scorer':>7} {'rest':>7} {'broker':>7} {'bench':>7} {'busy':>7}")
+    for name, phase in [("flat out", run["flat_out"]),
+                        *((f"at {p['offered']:,.0f} events/s", p) for p in run["phases"])]:
+        cpu = phase["cpu_us_per_event"]
+        print(f"{name:<28} {cpu['scorer']:>7.0f} {cpu['rest']:>7.0f} {cpu.get('broker', float('nan')):>7.0f} "
+              f"{cpu['bench']:>7.0f} {phase['machine_busy']:>7.0%}")
+    cpu = run["flat_out"]["cpu_us_per_event"]
     cores = run["machine"]["cores"]
     if "broker" in cpu:
-        total = sum(cpu.values())
-        print(f"with the local Kafka broker's {cpu['broker']:.0f} us: {total:.0f} us of CPU per event, so "
-              f"{cores} cores busy all the time would carry at most {cores * 1e6 / total:,.0f} events/s")
+        total = cpu["scorer"] + cpu["rest"] + cpu["broker"]
+        print(f"flat out, the worker and the broker took {total:.0f} us of CPU per event: {cores} cores busy all the "
+              f"time would carry at most {cores * 1e6 / total:,.0f} events/s")
     print(f"\nmachine: {cores} cores ({run['machine']['cpu']}); load average {run['machine']['load_average']:.1f}; "
           f"artefact {run['artefact']}; about {run['concurrent_users']:,} users active at once; worker arguments "
           f"{run['worker_args'] or 'default'}")
