@@ -332,7 +332,7 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, se
 
     with tempfile.TemporaryDirectory() as workdir:
         worker = WorkerProcess(settings, args.artefact, Path(workdir), app_id=f"{settings.topic_events}-w",
-                               name="worker", extra=args.worker_arg).start()
+                               name="worker", extra=args.worker_arg, nice=args.worker_nice).start()
         pid = worker.process.pid
         try:
             warm = interleaved(sessions, f"{tag}w", args.concurrent_users)[:WARM_EVENTS]
@@ -376,6 +376,7 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, se
         "latency_events": args.latency_events,
         "concurrent_users": args.concurrent_users,
         "worker_args": args.worker_arg,
+        "worker_nice": args.worker_nice,
         "ceiling": summary(*ceiling),
         "flat_out": summary(*flat_out) | metered(flat_meter, args.events),
         "phases": [summary(*phase, offered=rate, split=parts_at) | metered(meter, args.latency_events)
@@ -445,7 +446,7 @@ def report(run: dict) -> None:
               f"time would carry at most {cores * 1e6 / total:,.0f} events/s")
     print(f"\nmachine: {cores} cores ({run['machine']['cpu']}); load average {run['machine']['load_average']:.1f}; "
           f"artefact {run['artefact']}; about {run['concurrent_users']:,} users active at once; worker arguments "
-          f"{run['worker_args'] or 'default'}")
+          f"{run['worker_args'] or 'default'}; worker nice {run['worker_nice']:+d}")
 
 
 def main() -> None:
@@ -463,6 +464,9 @@ def main() -> None:
                              "and test HR@20) here; bench/plot_worker.py draws several runs in one plot")
     parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                         help="an extra `igrec worker` argument, e.g. --worker-arg=--threads=1 (repeatable)")
+    parser.add_argument("--worker-nice", type=int, default=0, metavar="N",
+                        help="run the worker under `nice -n N` (negative: ahead of the broker and of this bench's "
+                             "own load on shared cores; needs CAP_SYS_NICE); its scorer adds --scorer-nice to it")
     parser.add_argument("--profile", type=Path, metavar="SVG|TXT",
                         help="also record the worker with py-spy (dev extra) in the flat-out phase and write a "
                              "flame graph (.svg) or collapsed stacks (.txt) of all its threads here")

@@ -22,12 +22,15 @@ TARGET_P99_MS = 50
 
 
 def label(run: dict) -> str:
-    """The legend entry of a run: its artefact's folder name, item dimension and test HR@20 where known."""
+    """The legend entry of a run: its artefact's folder name, item dimension and test HR@20 where known, and
+    the worker's nice value where it ran under one."""
     parts = [Path(run["artefact"]).name]
     if run.get("model", {}).get("dim"):
         parts.append(f"D={run['model']['dim']}")
     if run.get("test", {}).get("HR@20") is not None:
         parts.append(f"HR@20 {run['test']['HR@20']:.2f}")
+    if run.get("worker_nice"):
+        parts.append(f"nice {run['worker_nice']:+d}")
     return ", ".join(parts)
 
 

@@ -57,12 +57,16 @@ class WorkerProcess:
     app_id: str
     name: str = "w1"
     extra: list[str] = field(default_factory=list)
+    nice: int = 0
+    """Added to the worker's nice value (``nice -n``; without CAP_SYS_NICE a negative one is refused with a warning
+    in the log, and the worker runs as it is); its scorer child adds ``--scorer-nice`` to it."""
     process: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / f"{self.name}.log").open("ab")
         command = [
+            *(["nice", "-n", str(self.nice)] if self.nice else []),
             sys.executable,
             "-m",
             "streams.cli",
