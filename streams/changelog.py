@@ -12,16 +12,40 @@ does per message.
 Delivery before commit holds as with faust's path: the worker releases an event for its commit only once
 the delivery that :meth:`Outbox.send` returns, which holds its changelog messages, has succeeded.
 A Table used outside an agent with an Outbox (nothing in the worker) falls back to faust's own path.
+
+Replaying a changelog (recovery, standbys) keeps the stored value where the changelog's is an earlier version
+of it (:meth:`OutboxTable.apply_changelog_batch`). A worker that lost its partitions without a revocation
+(frozen for longer than the session timeout) can still deliver what it had queued, and handle events it had
+fetched, before it notices: those states land in the changelog after the new owner's. Each of the worker's
+values carries the highest source offset it has taken in per partition, and a user's events (and a pair's
+transitions) are applied in offset order from the same start by every owner, so of two versions of one
+value the one behind on some partition and ahead on none is the earlier.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
-from faust.types import TP
+from faust.types import TP, EventT
 
 from streams.outbox import Outbox
+
+log = logging.getLogger("igrec.changelog")
+
+
+def superseded(value: Mapping[str, int], other: Mapping[str, int]) -> bool:
+    """Whether a value with the per-partition high-water offsets ``value`` is an earlier version than one with
+    ``other``: ahead on no partition and behind on at least one (a partition missing counts as -1)."""
+    behind = False
+    for partition in value.keys() | other.keys():
+        mine, theirs = value.get(partition, -1), other.get(partition, -1)
+        if mine > theirs:
+            return False
+        behind = behind or mine < theirs
+    return behind
 
 
 class OutboxTable(faust.Table):
@@ -29,6 +53,9 @@ class OutboxTable(faust.Table):
     writes join the Outbox given to :meth:`write_through`."""
 
     outbox: Outbox | None = None
+    high_water: Callable[[bytes | None], Mapping[str, int] | None] | None = None
+    """The per-partition high-water offsets of a stored value (None: unreadable); set, a changelog replay keeps
+    a stored value over an earlier version of it (:func:`superseded`)."""
 
     def write_through(self, outbox: Outbox) -> None:
         """Send this table's changelog messages with ``outbox`` from now on."""
@@ -53,3 +80,35 @@ class OutboxTable(faust.Table):
     def _persisted(self, partition: int, offset: int) -> None:
         """The changelog holds everything up to ``offset`` of ``partition``: recovery starts after it."""
         self.data.set_persisted_offset(TP(self.changelog_topic.get_topic_name(), partition), offset)
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        """faust's replay of changelog messages into the local store, without those that are an earlier version
+        of the value stored (or replayed just before) under their key."""
+        if self.high_water is None:
+            super().apply_changelog_batch(batch)
+            return
+        events = list(batch)
+        kept = list(self._not_superseded(events))
+        if len(kept) < len(events):
+            log.info("changelog replay of %s kept %d stored values over earlier versions", self.name,
+                     len(events) - len(kept))
+        super().apply_changelog_batch(kept)
+
+    def _not_superseded(self, events: list[EventT]) -> Iterator[EventT]:
+        high_water = self.high_water
+        assert high_water is not None
+        latest: dict[tuple[int, bytes], bytes | None] = {}
+        for event in events:
+            message = event.message
+            slot = (message.partition, message.key)
+            if message.value is not None:
+                current = latest[slot] if slot in latest else self._stored(message.partition, message.key)
+                incoming, stored = high_water(message.value), high_water(current)
+                if incoming is not None and stored is not None and superseded(incoming, stored):
+                    continue
+            latest[slot] = message.value
+            yield event
+
+    def _stored(self, partition: int, key: bytes) -> bytes | None:
+        """The value the local store (faust's RocksDB store, the worker's) holds for ``key`` in ``partition``."""
+        return self.data._db_for_partition(partition).get(key)

@@ -73,6 +73,17 @@ def read_count(raw: bytes | None) -> dict[str, Any]:
     return state
 
 
+def counted_offsets(raw: bytes | None) -> dict[str, int] | None:
+    """The highest counted source offset per partition of the count stored as ``raw``; None where there is no
+    readable count (the counterpart of :func:`streams.state.applied_offsets`)."""
+    if raw is None:
+        return None
+    try:
+        return read_count(raw)["hw"]
+    except UnreadableCount:
+        return None
+
+
 def counted(state: dict[str, Any], transition: dict[str, Any]) -> dict[str, Any] | None:
     """``state`` with ``transition`` counted, or None when it was counted before (a re-delivery)."""
     source = str(transition["p"])

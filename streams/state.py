@@ -98,6 +98,17 @@ def read_state(raw: bytes | None) -> dict[str, Any] | None:
     return state
 
 
+def applied_offsets(raw: bytes | None) -> dict[str, int] | None:
+    """The last applied source offset per partition of the state stored as ``raw``; None where there is no
+    readable state. A state with offsets no higher anywhere than another's, and lower somewhere, is an
+    earlier version of the same user's state (:func:`streams.changelog.superseded`)."""
+    try:
+        state = read_state(raw)
+    except UnreadableState:
+        return None
+    return None if state is None else state["offsets"]
+
+
 def _problem(state: Any) -> str | None:
     """What makes ``state`` unusable, or None."""
     if not isinstance(state, dict):

@@ -58,6 +58,7 @@ from streams.next_counts import (
     UnreadableCount,
     UnreadableTransitions,
     counted,
+    counted_offsets,
     read_count,
     transition_bundle,
     transition_key,
@@ -66,7 +67,15 @@ from streams.outbox import Outbox, kafka_producer
 from streams.records import SCHEMA_VERSION, EnrichedEvent, Event, Recommendation, Refusal, dead_letter_message
 from streams.scoring import ScorerProcess, Scoring, ScoringThread, unless_stopped
 from streams.settings import Settings
-from streams.state import OversizedSession, SessionPolicy, Step, UnreadableState, apply_event, read_state
+from streams.state import (
+    OversizedSession,
+    SessionPolicy,
+    Step,
+    UnreadableState,
+    applied_offsets,
+    apply_event,
+    read_state,
+)
 from streams.topics import default_partition, ensure_topics
 from streams.triples import Triple, bundles, edge
 from streams.validate import EventError, parse_event
@@ -160,6 +169,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
     partitions = settings.topic_partitions
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw", partitions=partitions)
     users = cast(OutboxTable, app.Table("users", partitions=partitions, key_type=bytes, value_type=bytes))
+    users.high_water = applied_offsets
     transitions = app.topic(
         f"{config.app_id}-transitions",
         key_serializer="raw",
@@ -168,6 +178,7 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         internal=True,
     )
     next_counts = cast(OutboxTable, app.Table("next-counts", partitions=partitions, key_type=bytes, value_type=bytes))
+    next_counts.high_water = counted_offsets
     card = read_card(config.artefact)  # verified by the scorer process, which refuses a damaged artefact
     model_version = str(card.get("model_version") or card.get("created", "unknown"))
     scorer = ScorerProcess(config.artefact, providers=config.providers, threads=config.threads,

@@ -500,3 +500,49 @@ def test_state_stored_before_a_failed_changelog_write_reaches_the_changelog_afte
         moved.stop()
     assert_same_recommendations({e["event_id"]: got[e["event_id"]] for e in last.values()},
                                 {e["event_id"]: expected[e["event_id"]] for e in last.values()})
+
+
+def test_a_late_earlier_state_in_the_changelog_does_not_replace_the_newer_one(
+        iso: Settings, artefact: Path, scorer, tmp_path) -> None:
+    """A worker that lost its partitions without noticing (frozen past the session timeout) can deliver states
+    after the new owner's. Here each user's first state is written to the users changelog again after the last
+    one, at its own partition, as such a late delivery would; a worker on a fresh folder (restoring from the
+    changelog alone) then takes each user's last click, and its recommendation must see the whole session."""
+    app_id = f"{iso.topic_events}-w"
+    changelog = f"{app_id}-users-changelog"
+    sessions = [s for s in diginetica_sessions(200, skip=3400) if len(s) >= 3][:20]
+    events = list(session_events(sessions, run="late"))
+    last = {e["user_id"]: e for e in events}
+    expected = expected_recommendations(scorer, sessions, run="late")
+    first = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w1").start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, [e for e in events if e is not last[e["user_id"]]]))
+        assert_all_committed(uncommitted(iso, app_id, timeout=240))
+    finally:
+        first.stop()
+    firsts: dict[bytes, tuple[int, bytes]] = {}
+    for partition, _, key, value in sorted(asyncio.run(read_topic(iso, changelog)), key=lambda m: m[1]):
+        firsts.setdefault(key, (partition, value))
+    assert set(firsts) == {user.encode() for user in last}
+    asyncio.run(send_at_partitions(iso, changelog, firsts))
+    moved = WorkerProcess(iso, artefact, tmp_path, app_id=app_id, name="w2").start()
+    try:
+        asyncio.run(publish(iso, iso.topic_events, list(last.values())))
+        got = asyncio.run(collect(iso, iso.topic_recommendations, len(events), timeout=240, watch=[moved]))
+    finally:
+        moved.stop()
+    assert_same_recommendations({e["event_id"]: got[e["event_id"]] for e in last.values()},
+                                {e["event_id"]: expected[e["event_id"]] for e in last.values()})
+
+
+async def send_at_partitions(settings: Settings, topic: str, messages: dict[bytes, tuple[int, bytes]]) -> None:
+    """Write each ``key: (partition, value)`` of ``messages`` to ``topic`` at that partition."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), acks="all")
+    await producer.start()
+    try:
+        for key, (partition, value) in messages.items():
+            await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
