@@ -97,16 +97,16 @@ class OutboxTable(faust.Table):
     def _not_superseded(self, events: list[EventT]) -> Iterator[EventT]:
         high_water = self.high_water
         assert high_water is not None
-        latest: dict[tuple[int, bytes], bytes | None] = {}
+        latest: dict[tuple[int, bytes], Mapping[str, int] | None] = {}
         for event in events:
             message = event.message
             slot = (message.partition, message.key)
-            if message.value is not None:
-                current = latest[slot] if slot in latest else self._stored(message.partition, message.key)
-                incoming, stored = high_water(message.value), high_water(current)
-                if incoming is not None and stored is not None and superseded(incoming, stored):
+            incoming = high_water(message.value)
+            if incoming is not None:
+                stored = latest[slot] if slot in latest else high_water(self._stored(*slot))
+                if stored is not None and superseded(incoming, stored):
                     continue
-            latest[slot] = message.value
+            latest[slot] = incoming
             yield event
 
     def _stored(self, partition: int, key: bytes) -> bytes | None:
