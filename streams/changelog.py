@@ -88,15 +88,14 @@ class OutboxTable(faust.Table):
             super().apply_changelog_batch(batch)
             return
         events = list(batch)
-        kept = list(self._not_superseded(events))
+        kept = list(self._not_superseded(events, self.high_water))
         if len(kept) < len(events):
             log.info("changelog replay of %s kept %d stored values over earlier versions", self.name,
                      len(events) - len(kept))
         super().apply_changelog_batch(kept)
 
-    def _not_superseded(self, events: list[EventT]) -> Iterator[EventT]:
-        high_water = self.high_water
-        assert high_water is not None
+    def _not_superseded(self, events: list[EventT],
+                        high_water: Callable[[bytes | None], Mapping[str, int] | None]) -> Iterator[EventT]:
         latest: dict[tuple[int, bytes], Mapping[str, int] | None] = {}
         for event in events:
             message = event.message
