@@ -3,10 +3,10 @@
 Each poll of up to ``batch_size`` messages (a message is one fact or a bundle of them) becomes managed write
 transactions of at most ``batch_size`` facts each, in order, of ``UNWIND $rows ... MERGE`` statements, one per
 relationship type or node label. Kafka offsets are committed only after Neo4j has committed the last, so a
-crash re-delivers at most the last poll, and since every value is an absolute (``SET r += row.props``),
-writing it again changes nothing. Malformed triples go to the triples DLQ with the reason
-and their source topic/partition/offset. While Neo4j is unreachable the sink waits with backoff and keeps
-the batch; nothing is skipped.
+crash re-delivers at most the last poll, and since every value is an absolute (``SET r += row.props``; a
+counter keeps the larger of its stored and written value), writing it again changes nothing. Malformed
+triples go to the triples DLQ with the reason and their source topic/partition/offset. While Neo4j is
+unreachable the sink waits with backoff and keeps the batch; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -26,7 +26,7 @@ from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 from streams.records import dead_letter_message
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.triples import NODE_LABELS, RELATIONSHIPS, Triple, TripleError, parse
+from streams.triples import NODE_LABELS, RELATIONSHIPS, RelSpec, Triple, TripleError, parse
 
 log = logging.getLogger("igrec.sink")
 T = TypeVar("T")
@@ -64,16 +64,23 @@ def node_cypher(label: str) -> str:
 
 
 def edge_cypher(rel: str) -> str:
-    """MERGE both endpoints and the relationship, identified by the type's key properties."""
+    """MERGE both endpoints and the relationship, identified by the type's key properties, and set its
+    properties; a counter (``RelSpec.grows``) keeps the larger of its stored and written value."""
     spec = RELATIONSHIPS[rel]
     key = ", ".join(f"{name}: row.props.{name}" for name in spec.key)
     key_map = f" {{{key}}}" if key else ""
-    return (
+    cypher = (
         f"UNWIND $rows AS row "
         f"MERGE (h:{spec.head} {{id: row.head}}) SET h += row.head_props "
         f"MERGE (t:{spec.tail} {{id: row.tail}}) SET t += row.tail_props "
-        f"MERGE (h)-[r:{rel}{key_map}]->(t) SET r += row.props"
+        f"MERGE (h)-[r:{rel}{key_map}]->(t)"
     )
+    if spec.grows:
+        kept = ", ".join(f"r.{name} AS kept_{name}" for name in spec.grows)
+        larger = ", ".join(f"r.{name} = CASE WHEN kept_{name} > r.{name} THEN kept_{name} ELSE r.{name} END"
+                           for name in spec.grows)
+        return f"{cypher} WITH r, row, {kept} SET r += row.props SET {larger}"
+    return f"{cypher} SET r += row.props"
 
 
 NODE_CYPHER = {label: node_cypher(label) for label in NODE_LABELS}
@@ -84,7 +91,8 @@ def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
     """Group triples into (Cypher, rows) pairs: one statement per node label / relationship type.
 
     Rows keep message order within a group, so when one batch carries two values of the same property
-    the later one wins, as it would one message at a time.
+    the later one wins, as it would one message at a time. A type with counters gets one row per
+    relationship (:func:`merged`).
     """
     groups: dict[str, list[dict]] = {}
     for t in triples:
@@ -100,7 +108,43 @@ def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
                     "props": t.props or {},
                 }
             )
-    return list(groups.items())
+    grows = {EDGE_CYPHER[rel]: spec for rel, spec in RELATIONSHIPS.items() if spec.grows}
+    return [(cypher, merged(rows, grows[cypher]) if cypher in grows else rows) for cypher, rows in groups.items()]
+
+
+def merged(rows: list[dict], spec: RelSpec) -> list[dict]:
+    """One row per relationship of ``spec``'s type: the properties of its rows in order, the later value winning,
+    except that a counter keeps the largest. Cypher reads what a statement's rows compare with before it writes
+    any of them, so two rows of one relationship would both compare with the stored count, and the later would
+    win even if lower."""
+    by_identity: dict[tuple, dict] = {}
+    for row in rows:
+        identity = (row["head"], row["tail"], *(row["props"].get(name) for name in spec.key))
+        earlier = by_identity.get(identity)
+        if earlier is None:
+            by_identity[identity] = row
+            continue
+        props = earlier["props"] | row["props"]
+        for name in spec.grows:
+            if name in earlier["props"] and name in row["props"]:
+                props[name] = _larger(earlier["props"][name], row["props"][name])
+        by_identity[identity] = {
+            "head": row["head"],
+            "head_props": earlier["head_props"] | row["head_props"],
+            "tail": row["tail"],
+            "tail_props": earlier["tail_props"] | row["tail_props"],
+            "props": props,
+        }
+    return list(by_identity.values())
+
+
+def _larger(earlier: Any, later: Any) -> Any:
+    """The larger of two values of a counter, the later one where they do not compare (as Cypher's ``>`` gives
+    null for values of two types, and the sink's statement then writes the later)."""
+    try:
+        return earlier if earlier > later else later
+    except TypeError:
+        return later
 
 
 def _run_all(tx: ManagedTransaction, work: Sequence[tuple[str, list[dict]]]) -> None:

@@ -31,17 +31,24 @@ NODE_LABELS = ("User", "Session", "Item", "Category", "Keyword", "Entity", "Inte
 
 @dataclass(frozen=True)
 class RelSpec:
-    """A relationship type: its endpoint labels and the properties that identify one relationship."""
+    """A relationship type: its endpoint labels, the properties that identify one relationship, and its counters.
+
+    ``grows`` names properties that only grow (counts): the sink keeps the larger of the stored and the written
+    value. Every other property is set to the value written. For a counter, the larger value is the newer one:
+    a late, older value (from a worker frozen past its session timeout, which lost its partitions without
+    noticing: README, "Delivery") then leaves the count as it is, where the last writer would have lowered it.
+    """
 
     head: str
     tail: str
     key: tuple[str, ...] = ()
+    grows: tuple[str, ...] = ()
 
 
 RELATIONSHIPS: dict[str, RelSpec] = {
     "HAD": RelSpec("User", "Session"),
     "CLICKED": RelSpec("Session", "Item", ("pos",)),
-    "NEXT": RelSpec("Item", "Item"),
+    "NEXT": RelSpec("Item", "Item", grows=("count",)),
     "HAS_KEYWORD": RelSpec("Item", "Keyword"),
     "IN_CATEGORY": RelSpec("Item", "Category"),
     "HAS": RelSpec("Item", "Entity", ("relation",)),

@@ -344,6 +344,28 @@ def test_the_sink_and_neo4j_killed_mid_stream_lose_and_duplicate_nothing(setting
     assert graph(settings, killed) == graph(settings, clean)
 
 
+async def test_a_late_lower_next_count_does_not_lower_the_stored_one(settings: Settings, topic_name: str) -> None:
+    """A worker frozen past its session timeout can deliver a pair's NEXT fact after the new owner's, with an
+    older, lower count. NEXT counts only grow, so the sink keeps the larger value; a higher count still wins."""
+    prefix = f"{uuid.uuid4().hex[:8]}:"
+    triples = real_triples(prefix)
+    await publish(settings, topic_name, [t.to_json() for t in triples])
+    await drain(settings, topic_name, group=topic_name)
+    final = {(t.head_id, t.tail_id): t.props["count"] for t in triples if t.rel == "NEXT"}
+    late = [t for t in triples if t.rel == "NEXT" and t.props["count"] < final[t.head_id, t.tail_id]]
+    assert len(late) >= 10, "the Tmall slice must repeat some item pairs"
+
+    rises = late[0]
+    pair = (rises.head_id, rises.tail_id)
+    higher = edge(("Item", pair[0]), "NEXT", ("Item", pair[1]), count=final[pair] + 1)
+    await publish(settings, topic_name, [t.to_json() for t in late] + bundles([higher, rises]))
+    await drain(settings, topic_name, group=topic_name)
+
+    _, rels = graph(settings, prefix)
+    stored = {(f"{prefix}{h}", f"{prefix}{t}"): dict(p)["count"] for h, kind, p, t in rels if kind == "NEXT"}
+    assert stored == final | {pair: final[pair] + 1}
+
+
 def test_neighbourhood_keeps_every_direct_neighbour(settings: Settings) -> None:
     from streams.kg import neighbourhood
     from streams.neo4j_sink import write_triples

@@ -85,13 +85,30 @@ def test_cypher_names_come_only_from_the_whitelist() -> None:
 
 def test_statements_group_by_type_and_keep_order() -> None:
     facts = [
-        edge(("Item", "a"), "NEXT", ("Item", "b"), count=1),
+        edge(("User", "u"), "INTERESTED_IN", ("Interest", "m/0"), weight=0.25),
         node("Item", "a", title="x"),
-        edge(("Item", "a"), "NEXT", ("Item", "b"), count=2),
+        edge(("User", "u"), "INTERESTED_IN", ("Interest", "m/0"), weight=0.5),
     ]
     grouped = dict(statements(facts))
-    assert [row["props"]["count"] for row in grouped[EDGE_CYPHER["NEXT"]]] == [1, 2], "the later absolute wins"
+    assert [row["props"]["weight"] for row in grouped[EDGE_CYPHER["INTERESTED_IN"]]] == [0.25, 0.5], \
+        "the later absolute wins"
     assert len(grouped) == 2
+
+
+def test_a_counter_keeps_its_largest_value_in_one_row_per_relationship() -> None:
+    """Cypher compares every row of a statement with the count stored before the statement, so two rows of one
+    pair must become one, holding the larger count, whichever came last."""
+    facts = [
+        edge(("Item", "a"), "NEXT", ("Item", "b"), count=3),
+        edge(("Item", "a"), "NEXT", ("Item", "c"), count=1),
+        edge(("Item", "a"), "NEXT", ("Item", "b"), count=2)._replace(head_props={"title": "x"}),
+        edge(("Item", "c"), "NEXT", ("Item", "a"), count=4),
+        edge(("Item", "a"), "NEXT", ("Item", "c"), count=5),
+    ]
+    rows = dict(statements(facts))[EDGE_CYPHER["NEXT"]]
+    assert [(row["head"], row["tail"], row["props"]["count"]) for row in rows] == [
+        ("a", "b", 3), ("a", "c", 5), ("c", "a", 4)]
+    assert rows[0]["head_props"] == {"title": "x"}, "other properties are merged, the later winning"
 
 
 def test_facts_from_model_become_validated_triples() -> None:
