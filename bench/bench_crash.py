@@ -50,21 +50,27 @@ from streams.harness import (
     collect,
     expected_recommendations,
     isolated_settings,
+    late_counts,
+    late_states,
     mismatched,
+    next_count_history,
     next_counts,
     run_prefix,
     uncommitted,
 )
+from streams.next_counts import counted_offsets
 from streams.replay import cases_to_sessions, publish, session_events
 from streams.settings import ROOT, Settings
+from streams.state import applied_offsets
 from streams.topics import delete_topics, ensure_topics
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 
 
 def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: float) -> int:
-    """Item pairs whose last NEXT count differs from the clicks in a row, or that should not have one."""
-    counts, expected = next_counts(settings, sessions, timeout)
+    """Item pairs whose NEXT count in Neo4j would differ from the clicks in a row (the sink keeps a pair's largest
+    count), or that should not have one."""
+    counts, expected = next_counts(settings, sessions, timeout, largest=True)
     return sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
 
 
@@ -127,6 +133,40 @@ def broker_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[
         workers[0].stop()
 
 
+def freeze_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
+                 workdir: Path, name: str, rate: float, frozen: float) -> dict:
+    settings, events, expected = prepare(base, scorer, sessions, name)
+    last = {event["user_id"]: event for event in events}
+    held_back = list(last.values())
+    stream = [event for event in events if event is not last[event["user_id"]]]
+    warm = len(stream) // 10
+    freeze_s = (len(stream) - warm) / rate * (0.2 + 0.6 * rng.random())
+    app_id = f"{settings.topic_events}-w"
+    workers = [WorkerProcess(settings, artefact, workdir, app_id=app_id, name=n).start() for n in ("frozen", "other")]
+    try:
+        asyncio.run(publish(settings, settings.topic_events, stream[:warm]))
+        asyncio.run(collect(settings, settings.topic_recommendations, warm, timeout=240, watch=workers))
+        frozen_at = asyncio.run(publish_meanwhile(settings, stream[warm:], rate, freeze_s, workers[0].freeze))
+        time.sleep(max(frozen_at + frozen - time.monotonic(), 0.0))
+        workers[0].thaw()
+        asyncio.run(collect(settings, settings.topic_recommendations, len(stream), timeout=300, watch=workers))
+        uncommitted(settings, app_id, timeout=60)
+        died = not workers[0].alive()
+        for worker in workers:
+            worker.stop()
+        workers.append(WorkerProcess(settings, artefact, workdir, app_id=app_id, name="restored").start())
+        restored = time.monotonic()
+        asyncio.run(publish(settings, settings.topic_events, held_back))
+        row = settle(settings, app_id, sessions, expected, restored, workers[-1:],
+                     f"frozen at {freeze_s:.1f} s{', died' if died else ''}")
+        return row | {"died": died}
+    finally:
+        for worker in workers:
+            if worker.alive():
+                worker.thaw()  # a frozen process would not stop
+            worker.stop()
+
+
 async def publish_meanwhile(settings: Settings, events: list[dict], rate: float, after_s: float,
                             disrupt: Callable[[], object]) -> float:
     """Publish ``events`` at ``rate`` per second and call ``disrupt`` ``after_s`` seconds in; returns when it was
@@ -156,11 +196,14 @@ def settle(settings: Settings, app_id: str, sessions: list[list[int]], expected:
         "mismatches": len(mismatched(got, expected)),
         "count_errors": next_count_errors(settings, sessions, timeout=60),
         "uncommitted": uncommitted(settings, app_id, timeout=30),
+        "late_states": sum(late_states(settings, f"{app_id}-{table}-changelog", high_water)
+                           for table, high_water in (("users", applied_offsets), ("next-counts", counted_offsets))),
+        "late_counts": late_counts(next_count_history(settings)),
         "prefix": run_prefix(settings),
     }
 
 
-ROUNDS = {"kill9": kill_round, "join": join_round, "broker": broker_round}
+ROUNDS = {"kill9": kill_round, "join": join_round, "broker": broker_round, "freeze": freeze_round}
 
 
 def main() -> int:
@@ -168,7 +211,8 @@ def main() -> int:
     parser.add_argument("--artefact", type=Path, required=True, help="artefact folder (igrec export)")
     parser.add_argument("--disruption", choices=sorted(ROUNDS), default="kill9",
                         help="kill9: kill the worker and restart it; join: a second worker joins; broker: kill the "
-                             "Kafka broker under the worker and restart it (default kill9)")
+                             "Kafka broker under the worker and restart it; freeze: freeze one of two workers past "
+                             "its session timeout, thaw it, then restore a third from the changelogs (default kill9)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds (default 10)")
     parser.add_argument("--sessions", type=int, default=600,
                         help="Diginetica test sessions per round (default 600, about 2,900 events: 11-12 s at 250/s)")
@@ -177,6 +221,9 @@ def main() -> int:
                              "publish before and after the outage at once)")
     parser.add_argument("--down", default="1,5,15",
                         help="broker rounds: outage lengths in seconds, one drawn per round (default 1,5,15)")
+    parser.add_argument("--frozen", type=float, default=20.0,
+                        help="freeze rounds: seconds the worker stays frozen (default 20; the worker's session "
+                             "timeout is 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points and the sessions drawn")
     parser.add_argument("--keep", type=Path, help="keep the workers' logs and local folders here, and each round's "
                                                   "topics (else deleted after the round)")
@@ -188,13 +235,15 @@ def main() -> int:
     all_sessions = cases_to_sessions(read_test_tsv(DIGINETICA_TEST))
     rng = random.Random(args.seed)
     root = args.keep or Path(tempfile.mkdtemp(prefix="igrec-crash-"))
-    since = {"kill9": "restart", "join": "join", "broker": "broker back"}[args.disruption]
+    since = {"kill9": "restart", "join": "join", "broker": "broker back", "freeze": "restore"}[args.disruption]
     header = f"{'round':>5} {'events':>6} {'disruption':>20} " \
              f"{'missing':>7} {since + '->all s':>14} " \
-             f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11}"
+             f"{'duplicates':>10} {'mismatches':>10} {'count errors':>12} {'uncommitted':>11} " \
+             f"{'late states':>11} {'late counts':>11}"
     print(header, flush=True)
     rows = []
-    extra = {"down": [float(s) for s in args.down.split(",")]} if args.disruption == "broker" else {}
+    extra = {"broker": {"down": [float(s) for s in args.down.split(",")]},
+             "freeze": {"frozen": args.frozen}}.get(args.disruption, {})
     for r in range(args.rounds):
         skip = rng.randrange(0, len(all_sessions) - args.sessions)
         row = ROUNDS[args.disruption](base, scorer, args.artefact, all_sessions[skip : skip + args.sessions], rng,
@@ -202,7 +251,8 @@ def main() -> int:
         rows.append(row)
         print(f"{r:>5} {row['events']:>6} {row['at']:>20} {row['missing']:>7} "
               f"{row['recovered_s']:>14.1f} {row['duplicates']:>10} {row['mismatches']:>10} "
-              f"{row['count_errors']:>12} {row['uncommitted']:>11}", flush=True)
+              f"{row['count_errors']:>12} {row['uncommitted']:>11} {row['late_states']:>11} "
+              f"{row['late_counts']:>11}", flush=True)
         if not args.keep:
             asyncio.run(delete_topics(base, row["prefix"]))
     failed = [r for r in rows if r["missing"] or r["mismatches"] or r["count_errors"] or r["uncommitted"]

@@ -49,7 +49,7 @@ from plot_worker import plot_runs
 from deploy import stack
 from export.artefact import CARD_FILE, read_card
 from model.data import read_test_tsv
-from streams.harness import WorkerProcess, run_prefix
+from streams.harness import WorkerProcess, child_pids, run_prefix
 from streams.replay import cases_to_sessions, session_events
 from streams.scoring import SCORER_PROCESS
 from streams.settings import ROOT, Settings
@@ -204,7 +204,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     cpu: dict[str, float] = {}
     for name, seconds in _task_cpu(pid):
         cpu[name] = cpu.get(name, 0.0) + seconds
-    for child in _children(pid):
+    for child in child_pids(pid):
         tasks = _task_cpu(child)
         main = next((name for name, _ in tasks), None)
         if main is not None:
@@ -226,17 +226,6 @@ def _task_cpu(pid: int) -> list[tuple[str, float]]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         found.append((stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick))
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    """Child process ids of ``pid`` (every thread's ``children`` list)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(c) for c in task.read_text().split()]
-        except OSError:
-            continue
     return found
 
 

@@ -25,7 +25,7 @@ value the one behind on some partition and ahead on none is the earlier.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -46,6 +46,24 @@ def superseded(value: Mapping[str, int], other: Mapping[str, int]) -> bool:
             return False
         behind = behind or mine < theirs
     return behind
+
+
+def earlier_versions(messages: Iterable[tuple[Hashable, bytes | None]],
+                     high_water: Callable[[bytes | None], Mapping[str, int] | None],
+                     stored: Callable[[Any], bytes | None] = lambda slot: None) -> Iterator[bool]:
+    """For each (slot, value) of a changelog in order, whether the value is an earlier version (:func:`superseded`)
+    of the latest one before it in its slot, or where there is none, of the value ``stored(slot)``. A value whose
+    offsets cannot be read is never earlier, and becomes the latest."""
+    latest: dict[Hashable, Mapping[str, int] | None] = {}
+    for slot, value in messages:
+        incoming = high_water(value)
+        if incoming is not None:
+            before = latest[slot] if slot in latest else high_water(stored(slot))
+            if before is not None and superseded(incoming, before):
+                yield True
+                continue
+        latest[slot] = incoming
+        yield False
 
 
 class OutboxTable(faust.Table):
@@ -88,26 +106,15 @@ class OutboxTable(faust.Table):
             super().apply_changelog_batch(batch)
             return
         events = list(batch)
-        kept = list(self._not_superseded(events, self.high_water))
+        slots = (((event.message.partition, event.message.key), event.message.value) for event in events)
+        late = earlier_versions(slots, self.high_water, self._stored)
+        kept = [event for event, earlier in zip(events, late, strict=True) if not earlier]
         if len(kept) < len(events):
             log.info("changelog replay of %s kept %d stored values over earlier versions", self.name,
                      len(events) - len(kept))
         super().apply_changelog_batch(kept)
 
-    def _not_superseded(self, events: list[EventT],
-                        high_water: Callable[[bytes | None], Mapping[str, int] | None]) -> Iterator[EventT]:
-        latest: dict[tuple[int, bytes], Mapping[str, int] | None] = {}
-        for event in events:
-            message = event.message
-            slot = (message.partition, message.key)
-            incoming = high_water(message.value)
-            if incoming is not None:
-                stored = latest[slot] if slot in latest else high_water(self._stored(*slot))
-                if stored is not None and superseded(incoming, stored):
-                    continue
-            latest[slot] = incoming
-            yield event
-
-    def _stored(self, partition: int, key: bytes) -> bytes | None:
-        """The value the local store (faust's RocksDB store, the worker's) holds for ``key`` in ``partition``."""
+    def _stored(self, slot: tuple[int, bytes]) -> bytes | None:
+        """The value the local store (faust's RocksDB store, the worker's) holds for a (partition, key)."""
+        partition, key = slot
         return self.data._db_for_partition(partition).get(key)

@@ -16,12 +16,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.changelog import earlier_versions
+from streams.evaluate_stream import read_topic
 from streams.replay import session_events
 from streams.settings import ROOT, Settings
 from streams.triples import facts_of
@@ -96,6 +99,19 @@ class WorkerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
 
+    def freeze(self) -> None:
+        """Stop the worker and its scorer (SIGSTOP) as a paused VM or a long stall would: no heartbeat, no work,
+        nothing closed."""
+        assert self.process is not None
+        for pid in [self.process.pid, *child_pids(self.process.pid)]:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen worker and its scorer go on (SIGCONT) where they stopped."""
+        assert self.process is not None
+        for pid in [self.process.pid, *child_pids(self.process.pid)]:
+            os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
@@ -108,6 +124,17 @@ class WorkerProcess:
     def log_tail(self, chars: int = 4000) -> str:
         path = self.workdir / f"{self.name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def child_pids(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (every thread's ``children`` list in /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 async def collect(
@@ -230,16 +257,41 @@ def mismatched(got: dict[str, list[dict]], expected: dict, tolerance: float = 1e
     return bad
 
 
-def next_counts(settings: Settings, sessions: list[list[int]], timeout: float) -> tuple[dict, dict]:
-    """The last NEXT count of each item pair on the triples topic, and the count it should have (the number of
-    times the pair was clicked in a row in ``sessions``). Polls until they agree or ``timeout``: the counts trail
-    the recommendations by one hop through the transitions topic."""
+def next_counts(settings: Settings, sessions: list[list[int]], timeout: float,
+                largest: bool = False) -> tuple[dict, dict]:
+    """The last NEXT count of each item pair on the triples topic (``largest``: the largest, which the Neo4j sink
+    keeps), and the count it should have (the number of times the pair was clicked in a row in ``sessions``).
+    Polls until they agree or ``timeout``: the counts trail the recommendations by one hop through the
+    transitions topic."""
     expected = dict(Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s)))
     deadline = time.monotonic() + timeout
     while True:
-        triples = asyncio.run(collect(settings, settings.topic_triples, 10**9, timeout=3, unpack=facts_of,
-                                      key=lambda t: f"{t['head']['id']}>{t['tail']['id']}"
-                                      if t.get("rel") == "NEXT" else ""))
-        counts = {tuple(k.split(">")): records[-1]["props"]["count"] for k, records in triples.items() if k}
+        history = next_count_history(settings)
+        counts = {pair: max(values) if largest else values[-1] for pair, values in history.items()}
         if counts == expected or time.monotonic() > deadline:
             return counts, expected
+
+
+def next_count_history(settings: Settings) -> dict[tuple[str, str], list[int]]:
+    """Every NEXT count on the triples topic, per item pair in the order written."""
+    triples = asyncio.run(collect(settings, settings.topic_triples, 10**9, timeout=3, unpack=facts_of,
+                                  key=lambda t: f"{t['head']['id']}>{t['tail']['id']}"
+                                  if t.get("rel") == "NEXT" else ""))
+    history: dict[tuple[str, str], list[int]] = {}
+    for pair, records in triples.items():
+        if pair:
+            head, tail = pair.split(">")
+            history[head, tail] = [record["props"]["count"] for record in records]
+    return history
+
+
+def late_counts(history: dict[tuple[str, str], list[int]]) -> int:
+    """NEXT counts written after a larger one of their pair: a worker's that lost its partitions while frozen."""
+    return sum(count < max(counts[:i]) for counts in history.values() for i, count in enumerate(counts) if i)
+
+
+def late_states(settings: Settings, topic: str, high_water: Callable[[bytes | None], Any]) -> int:
+    """Messages of a Table's changelog ``topic`` that are an earlier version of one before them under their key
+    (:func:`streams.changelog.earlier_versions`): what a worker delivered after it had lost its partitions."""
+    messages = asyncio.run(read_topic(settings, topic))
+    return sum(earlier_versions((((partition, key), value) for partition, _, key, value in messages), high_water))
