@@ -1,6 +1,7 @@
 """Crash recovery and scale-out, round after round: kill -9 the worker at a random moment mid-stream and restart it
-with an empty local state folder (``--disruption kill9``), or start a second worker in the group at a random
-moment while events keep arriving (``--disruption join``); then check that nothing was lost.
+with an empty local state folder (``--disruption kill9``), start a second worker in the group at a random
+moment while events keep arriving (``--disruption join``), kill the broker (``--disruption broker``) or freeze
+a worker (``--disruption freeze``); then check that nothing was lost.
 
 Each kill -9 round uses fresh topics and a fresh consumer group: a worker starts and the events of
 ``--sessions`` Diginetica test sessions are published at ``--rate`` per second; at a random moment of the
@@ -25,9 +26,20 @@ second, a second worker (its own empty folder) is started after a random 2-12 s,
 every event, with the same three checks. The re-emitted count shows what the rebalance made the workers do
 twice (at-least-once allows it; each one is an answer sent again under the same event id).
 
-Prints one row per round (the disruption point, seconds from the restart or the join to the last answer,
-re-emitted duplicates, mismatches, events left uncommitted) and a summary; exits 1 if any round lost or changed
-anything. Needs the local stack (``igrec stack up``; ``IGREC_*`` variables choose which one) and
+A freeze round (fresh topics and group): two workers share the partitions; once a tenth of the stream is
+answered the rest is published at ``--rate`` per second, and at a random moment of it one worker and its scorer
+are frozen (SIGSTOP) for ``--frozen`` seconds, longer than the session timeout, as a paused VM would be. The
+other worker takes its partitions; thawed (SIGCONT), the frozen one goes on where it stopped before it notices,
+and what it then delivers lands after the new owner's. Each session's last click is held back: once the rest is
+answered and committed, both workers stop and a third one, on an empty folder, restores the partitions from the
+changelogs and must answer the last clicks (the same three checks, over every answer of the round).
+
+Prints one row per round (the disruption point, seconds from the restart, the join, the broker's return or the
+restoring worker's start to the last answer, re-emitted duplicates, mismatches, NEXT count errors, events left
+uncommitted, and the late writes seen: changelog messages that are an earlier version of one before them under
+their key, and NEXT counts lower than one before them of their pair) and a summary; exits 1 if any round lost
+or changed anything. A NEXT count is judged by the largest of its pair, as the Neo4j sink keeps it. Needs the
+local stack (``igrec stack up``; ``IGREC_*`` variables choose which one) and
 ``../shared/data/diginetica``.
 """
 
