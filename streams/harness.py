@@ -210,6 +210,22 @@ def partition_offsets(settings: Settings, group: str) -> dict[int, tuple[int, in
     return asyncio.run(read())
 
 
+def group_members(settings: Settings, group: str) -> tuple[str, int]:
+    """The state of consumer group ``group`` (``Stable`` once a rebalance is over) and its member count."""
+
+    async def read() -> tuple[str, int]:
+        admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+        await admin.start()
+        try:
+            [response] = await admin.describe_consumer_groups([group])
+            _, _, state, *_, members = response.groups[0][:6]
+            return state, len(members)
+        finally:
+            await admin.close()
+
+    return asyncio.run(read())
+
+
 def group_offsets(settings: Settings, group: str) -> tuple[int, int]:
     """The events topic's committed offsets of ``group`` and its end offsets, each summed over partitions."""
     offsets = partition_offsets(settings, group).values()
