@@ -85,6 +85,8 @@ def edge_cypher(rel: str) -> str:
 
 NODE_CYPHER = {label: node_cypher(label) for label in NODE_LABELS}
 EDGE_CYPHER = {rel: edge_cypher(rel) for rel in RELATIONSHIPS}
+COUNTED = {EDGE_CYPHER[rel]: spec for rel, spec in RELATIONSHIPS.items() if spec.grows}
+"""The statements of relationship types with counters, and their types."""
 
 
 def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
@@ -108,8 +110,7 @@ def statements(triples: Iterable[Triple]) -> list[tuple[str, list[dict]]]:
                     "props": t.props or {},
                 }
             )
-    grows = {EDGE_CYPHER[rel]: spec for rel, spec in RELATIONSHIPS.items() if spec.grows}
-    return [(cypher, merged(rows, grows[cypher]) if cypher in grows else rows) for cypher, rows in groups.items()]
+    return [(cypher, merged(rows, COUNTED[cypher]) if cypher in COUNTED else rows) for cypher, rows in groups.items()]
 
 
 def merged(rows: list[dict], spec: RelSpec) -> list[dict]:
