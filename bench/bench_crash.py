@@ -65,9 +65,9 @@ from streams.harness import (
     late_counts,
     late_states,
     mismatched,
-    next_count_history,
-    next_counts,
+    pair_counts,
     run_prefix,
+    settled_next_count_history,
     uncommitted,
 )
 from streams.next_counts import counted_offsets
@@ -79,11 +79,13 @@ from streams.topics import delete_topics, ensure_topics
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 
 
-def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: float) -> int:
+def next_count_errors(settings: Settings, sessions: list[list[int]], timeout: float) -> tuple[int, int]:
     """Item pairs whose NEXT count in Neo4j would differ from the clicks in a row (the sink keeps a pair's largest
-    count), or that should not have one."""
-    counts, expected = next_counts(settings, sessions, timeout, largest=True)
-    return sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
+    count) or that should not have one, and the late counts (:func:`streams.harness.late_counts`)."""
+    history, expected = settled_next_count_history(settings, sessions, timeout, largest=True)
+    counts = pair_counts(history, largest=True)
+    errors = sum(counts.get(pair) != n for pair, n in expected.items()) + len(set(counts) - set(expected))
+    return errors, late_counts(history)
 
 
 def kill_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[list[int]], rng: random.Random,
@@ -202,15 +204,16 @@ def settle(settings: Settings, app_id: str, sessions: list[list[int]], expected:
            workers: list[WorkerProcess], at: str) -> dict:
     """Wait for every answer, then check them, the NEXT counts and the group's commits."""
     got = asyncio.run(collect(settings, settings.topic_recommendations, len(expected), timeout=300, watch=workers))
+    count_errors, late = next_count_errors(settings, sessions, timeout=60)
     return {
         "events": len(expected), "at": at, "missing": len(set(expected) - set(got)),
         "recovered_s": time.monotonic() - since, "duplicates": sum(len(records) - 1 for records in got.values()),
         "mismatches": len(mismatched(got, expected)),
-        "count_errors": next_count_errors(settings, sessions, timeout=60),
+        "count_errors": count_errors,
         "uncommitted": uncommitted(settings, app_id, timeout=30),
         "late_states": sum(late_states(settings, f"{app_id}-{table}-changelog", high_water)
                            for table, high_water in (("users", applied_offsets), ("next-counts", counted_offsets))),
-        "late_counts": late_counts(next_count_history(settings)),
+        "late_counts": late,
         "prefix": run_prefix(settings),
     }
 

@@ -34,6 +34,8 @@ from faust.types import TP, EventT
 from streams.outbox import Outbox
 
 log = logging.getLogger("igrec.changelog")
+HighWater = Callable[[bytes | None], Mapping[str, int] | None]
+"""The per-partition high-water offsets of a stored value (None: none to read)."""
 
 
 def superseded(value: Mapping[str, int], other: Mapping[str, int]) -> bool:
@@ -49,7 +51,7 @@ def superseded(value: Mapping[str, int], other: Mapping[str, int]) -> bool:
 
 
 def earlier_versions(messages: Iterable[tuple[Hashable, bytes | None]],
-                     high_water: Callable[[bytes | None], Mapping[str, int] | None],
+                     high_water: HighWater,
                      stored: Callable[[Any], bytes | None] = lambda slot: None) -> Iterator[bool]:
     """For each (slot, value) of a changelog in order, whether the value is an earlier version (:func:`superseded`)
     of the latest one before it in its slot, or where there is none, of the value ``stored(slot)``. A value whose
@@ -71,9 +73,8 @@ class OutboxTable(faust.Table):
     writes join the Outbox given to :meth:`write_through`."""
 
     outbox: Outbox | None = None
-    high_water: Callable[[bytes | None], Mapping[str, int] | None] | None = None
-    """The per-partition high-water offsets of a stored value (None: unreadable); set, a changelog replay keeps
-    a stored value over an earlier version of it (:func:`superseded`)."""
+    high_water: HighWater | None = None
+    """Set, a changelog replay keeps a stored value over an earlier version of it (:func:`superseded`)."""
 
     def write_through(self, outbox: Outbox) -> None:
         """Send this table's changelog messages with ``outbox`` from now on."""

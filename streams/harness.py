@@ -16,14 +16,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.changelog import earlier_versions
+from streams.changelog import HighWater, earlier_versions
 from streams.evaluate_stream import read_topic
 from streams.replay import session_events
 from streams.settings import ROOT, Settings
@@ -276,16 +275,28 @@ def mismatched(got: dict[str, list[dict]], expected: dict, tolerance: float = 1e
 def next_counts(settings: Settings, sessions: list[list[int]], timeout: float,
                 largest: bool = False) -> tuple[dict, dict]:
     """The last NEXT count of each item pair on the triples topic (``largest``: the largest, which the Neo4j sink
-    keeps), and the count it should have (the number of times the pair was clicked in a row in ``sessions``).
-    Polls until they agree or ``timeout``: the counts trail the recommendations by one hop through the
-    transitions topic."""
+    keeps), and the count it should have (the number of times the pair was clicked in a row in ``sessions``),
+    once they agree or after ``timeout`` (:func:`settled_next_count_history`)."""
+    history, expected = settled_next_count_history(settings, sessions, timeout, largest)
+    return pair_counts(history, largest), expected
+
+
+def settled_next_count_history(settings: Settings, sessions: list[list[int]], timeout: float,
+                               largest: bool = False) -> tuple[dict[tuple[str, str], list[int]], dict]:
+    """Every NEXT count on the triples topic per item pair in the order written, read again until the pairs'
+    counts (:func:`pair_counts`) agree with ``sessions``' clicks in a row or ``timeout``: the counts trail the
+    recommendations by one hop through the transitions topic. Returns it with the expected counts."""
     expected = dict(Counter((str(a), str(b)) for s in sessions for a, b in itertools.pairwise(s)))
     deadline = time.monotonic() + timeout
     while True:
         history = next_count_history(settings)
-        counts = {pair: max(values) if largest else values[-1] for pair, values in history.items()}
-        if counts == expected or time.monotonic() > deadline:
-            return counts, expected
+        if pair_counts(history, largest) == expected or time.monotonic() > deadline:
+            return history, expected
+
+
+def pair_counts(history: dict[tuple[str, str], list[int]], largest: bool = False) -> dict[tuple[str, str], int]:
+    """Each pair's last count in ``history`` (``largest``: its largest, which the Neo4j sink keeps)."""
+    return {pair: max(values) if largest else values[-1] for pair, values in history.items()}
 
 
 def next_count_history(settings: Settings) -> dict[tuple[str, str], list[int]]:
@@ -306,7 +317,7 @@ def late_counts(history: dict[tuple[str, str], list[int]]) -> int:
     return sum(count < max(counts[:i]) for counts in history.values() for i, count in enumerate(counts) if i)
 
 
-def late_states(settings: Settings, topic: str, high_water: Callable[[bytes | None], Any]) -> int:
+def late_states(settings: Settings, topic: str, high_water: HighWater) -> int:
     """Messages of a Table's changelog ``topic`` that are an earlier version of one before them under their key
     (:func:`streams.changelog.earlier_versions`): what a worker delivered after it had lost its partitions."""
     messages = asyncio.run(read_topic(settings, topic))
