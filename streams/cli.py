@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds without a heartbeat after which Kafka drops a worker from the consumer "
                              "group and gives its partitions to the others (default 10; faust's own 60 leaves "
                              "a crashed worker's users without recommendations for a minute)")
+    worker.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the event loop (default uvloop: less CPU per event than the standard library's)")
     worker.add_argument("--metrics-port", type=int, default=9108, help="Prometheus /metrics port (0: off)")
     worker.add_argument("--data-dir", default=None, help="local RocksDB folder (default under the state folder)")
     worker.add_argument("--loglevel", default="info", help="debug, info, warning or error")
@@ -282,6 +284,7 @@ def _worker(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         scorer_nice=args.scorer_nice,
         session_timeout_s=args.session_timeout,
+        loop=args.loop,
     )
     run_worker(args.settings, config, loglevel=args.loglevel, json_logs=args.log_format == "json")
     return 0

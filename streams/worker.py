@@ -129,6 +129,8 @@ class WorkerConfig:
     processes), a scorer that waits for a core holds up every event of its chunk; a higher priority
     cut the median latency by about a fifth at 500 and 1,000 events/s on two cores (docs/results.md). Needs
     CAP_SYS_NICE, else ignored."""
+    loop: str = "uvloop"
+    """The worker's asyncio event loop: ``uvloop`` or ``asyncio`` (the standard library's)."""
 
 
 @dataclass
@@ -683,6 +685,18 @@ def quiet_worker_class() -> type:
     return QuietWorker
 
 
+def use_loop(name: str) -> None:
+    """Make ``name`` (``uvloop`` or ``asyncio``) the event loop of every loop created from now on."""
+    if name == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif name == "asyncio":
+        asyncio.set_event_loop_policy(None)
+    else:
+        raise ValueError(f"unknown event loop {name!r}: uvloop or asyncio")
+
+
 def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info", json_logs: bool = True) -> None:
     """Start the worker in the foreground (Ctrl-C or SIGTERM stops it cleanly); logs are JSON lines on stderr
     (:mod:`streams.logs`) unless ``json_logs`` is false."""
@@ -691,6 +705,7 @@ def run_worker(settings: Settings, config: WorkerConfig, loglevel: str = "info",
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     metrics.watch_gc()
+    use_loop(config.loop)
     app = create_app(settings, config)
     own, configs = internal_topics(app)
     asyncio.run(ensure_topics(settings, [*settings.topics.values(), *own], configs))

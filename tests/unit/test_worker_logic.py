@@ -21,7 +21,7 @@ from streams.settings import ROOT
 from streams.state import Step
 from streams.topics import default_partition
 from streams.triples import bundles, parse
-from streams.worker import StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class
+from streams.worker import StallWatch, event_triples, freeze_long_lived_objects, quiet_worker_class, use_loop
 
 
 class FakeScorer:
@@ -213,3 +213,27 @@ def test_worker_command_passes_the_scorer_precision(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main(["worker", "--artefact", "art", "--int8", "--fp16"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(("argv", "loop_type"),
+                         [([], "uvloop.Loop"), (["--loop", "asyncio"], "_UnixSelectorEventLoop")])
+def test_the_worker_runs_on_the_event_loop_it_is_given(monkeypatch, argv: list[str], loop_type: str) -> None:
+    """`igrec worker` runs on uvloop unless told `--loop asyncio`: the loops made after `use_loop` are of that kind."""
+    import asyncio
+
+    import streams.worker
+    from streams.cli import main
+
+    seen = []
+    monkeypatch.setattr(streams.worker, "run_worker", lambda settings, config, **kw: seen.append(config.loop))
+    assert main(["worker", "--artefact", "art", *argv]) == 0
+    try:
+        use_loop("uvloop")
+        use_loop(seen[0])
+        loop = asyncio.new_event_loop()
+        assert f"{type(loop).__module__}.{type(loop).__name__}".endswith(loop_type)
+        loop.close()
+    finally:
+        asyncio.set_event_loop_policy(None)
+    with pytest.raises(ValueError, match="unknown event loop"):
+        use_loop("trio")
