@@ -422,7 +422,8 @@ def create_app(settings: Settings, config: WorkerConfig) -> faust.App:
         log.info("worker started", extra={"fields": {
             "app_id": config.app_id, "artefact": str(config.artefact), "model_version": model_version,
             "providers": scorer.providers, "fp16": config.fp16, "int8": config.int8,
-            "batch_max": config.batch_max, "batch_wait_ms": config.batch_wait_ms}})
+            "batch_max": config.batch_max, "batch_wait_ms": config.batch_wait_ms,
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]}})
 
     @app.timer(interval=STATS_INTERVAL_S)
     async def report_lag() -> None:
