@@ -39,6 +39,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -241,6 +242,16 @@ def machine_jiffies() -> tuple[int, int]:
     return total - fields[3] - fields[4], total
 
 
+class Reading(NamedTuple):
+    """CPU seconds used so far: per thread name of the worker (its scorer included), by the broker (0 without
+    one), by this bench; and the machine's (busy, total) jiffies."""
+
+    worker: dict[str, float]
+    broker: float
+    bench: float
+    machine: tuple[int, int]
+
+
 class Meter:
     """Where the CPU went over one phase: microseconds per event of the worker's scorer process, the rest of the
     worker, the local broker (when this run found one) and this bench process (the load: producer and
@@ -248,12 +259,12 @@ class Meter:
 
     def __init__(self, worker: int, broker: int | None) -> None:
         self._worker, self._broker = worker, broker
-        self._before: tuple = ()
-        self._after: tuple = ()
+        self._before: Reading | None = None
+        self._after: Reading | None = None
 
-    def _read(self) -> tuple:
+    def _read(self) -> Reading:
         bench = sum(seconds for _, seconds in _task_cpu(os.getpid()))  # not its children: the worker is one
-        return thread_cpu(self._worker), process_cpu(self._broker), bench, machine_jiffies()
+        return Reading(thread_cpu(self._worker), process_cpu(self._broker), bench, machine_jiffies())
 
     def start(self) -> None:
         self._before = self._read()
@@ -263,18 +274,18 @@ class Meter:
 
     def per_event(self, events: int) -> dict[str, float]:
         """The phase's CPU per event in microseconds (``scorer``, ``rest``, ``broker`` where known, ``bench``)."""
-        (worker0, broker0, bench0, _), (worker1, broker1, bench1, _) = self._before, self._after
-        used = {name: worker1[name] - worker0.get(name, 0.0) for name in worker1}
+        before, after = self._before, self._after
+        used = {name: seconds - before.worker.get(name, 0.0) for name, seconds in after.worker.items()}
         scorer = sum(v for name, v in used.items() if name.startswith(SCORER_PROCESS))
         cpu = {"scorer": scorer, "rest": sum(used.values()) - scorer}
         if self._broker is not None:
-            cpu["broker"] = broker1 - broker0
-        cpu["bench"] = bench1 - bench0
+            cpu["broker"] = after.broker - before.broker
+        cpu["bench"] = after.bench - before.bench
         return {name: round(1e6 * seconds / events, 1) for name, seconds in cpu.items()}
 
     def busy(self) -> float:
         """The share of the machine's CPU time that was busy over the phase."""
-        (busy0, total0), (busy1, total1) = self._before[3], self._after[3]
+        (busy0, total0), (busy1, total1) = self._before.machine, self._after.machine
         return round((busy1 - busy0) / max(total1 - total0, 1), 3)
 
 
