@@ -25,7 +25,8 @@ in live traffic). Each phase replays them from the start as users of its own, so
 the split (76,821 clicks): at high rates give the latency phases enough events to reach a steady state (at
 3,000 events/s, 6,000 events last 2 s, too short for the queues a longer phase builds: p99 then reads lower;
 docs/results.md). Prints a table;
---json keeps the figures, --plot draws them (bench/plot_worker.py draws several runs together).
+--json keeps the figures, --plot draws them (bench/plot_worker.py draws several runs together). A local broker
+started less than 5 minutes before the run gets a note under the table: a fresh broker made every figure worse.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ from streams.topics import delete_topics, ensure_topics
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 WARM_EVENTS = 200
+BROKER_SETTLE_S = 300
+"""A local broker younger than this gave slower runs (its JIT was still compiling): every figure worse,
+even after a 40 s warm-up run (docs/results.md, "a leaner local broker")."""
 """Events sent to the worker before the measured phases (its first batches load and warm up the scorer)."""
 
 
@@ -324,6 +328,7 @@ def row(name: str, phase: dict) -> str:
 def measure(args: argparse.Namespace, settings: Settings, broker: int | None, sessions: list[list[int]]) -> dict:
     """The phases of the module docstring on the run's topics (``settings``), each on the test ``sessions`` as
     new users of its own: the run's figures, as ``--json`` writes them."""
+    broker_age = process_age_s(broker)
     tag = f"b{uuid.uuid4().hex[:6]}"
     events = interleaved(sessions, tag, args.concurrent_users)[: args.events]
     ceiling_topic = f"{settings.topic_events}.ceiling"
@@ -368,7 +373,8 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, se
         "artefact": str(args.artefact),
         "model": {key: card.get("model", {}).get(key) for key in ("arch", "n_items", "dim", "interests")},
         "test": {key: card.get("metrics", {}).get("test", {}).get(key) for key in ("HR@20", "MRR@20")},
-        "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "load_average": round(os.getloadavg()[0], 2)},
+        "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "load_average": round(os.getloadavg()[0], 2),
+                    "broker_up_s": None if broker_age is None else round(broker_age)},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=ROOT).stdout.strip() or None,
@@ -385,6 +391,18 @@ def measure(args: argparse.Namespace, settings: Settings, broker: int | None, se
         "messages_written": written,
         "worker_events": worker_events,
     }
+
+
+def process_age_s(pid: int | None) -> float | None:
+    """Seconds since process ``pid`` started (Linux /proc; None without a pid or where /proc has no answer)."""
+    if pid is None:
+        return None
+    try:
+        started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return uptime_s - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_model() -> str | None:
@@ -447,6 +465,11 @@ def report(run: dict) -> None:
     print(f"\nmachine: {cores} cores ({run['machine']['cpu']}); load average {run['machine']['load_average']:.1f}; "
           f"artefact {run['artefact']}; about {run['concurrent_users']:,} users active at once; worker arguments "
           f"{run['worker_args'] or 'default'}; worker nice {run['worker_nice']:+d}")
+    broker_up = run["machine"].get("broker_up_s")
+    if broker_up is not None and broker_up < BROKER_SETTLE_S:
+        print(f"note: the local broker had been up {broker_up:.0f} s when this run began; a broker's first "
+              f"{BROKER_SETTLE_S // 60} minutes gave slower runs on the 2-vCPU Xeon (docs/results.md): for figures "
+              "to compare, run on a stack that has been up longer")
 
 
 def main() -> None:
