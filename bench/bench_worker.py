@@ -59,10 +59,10 @@ from streams.topics import delete_topics, ensure_topics
 
 DIGINETICA_TEST = ROOT.parent / "shared" / "data" / "diginetica" / "srgnn_split" / "test.tsv"
 WARM_EVENTS = 200
+"""Events sent to the worker before the measured phases (its first batches load and warm up the scorer)."""
 BROKER_SETTLE_S = 300
 """A local broker younger than this gave slower runs (its JIT was still compiling): every figure worse,
 even after a 40 s warm-up run (docs/results.md, "a leaner local broker")."""
-"""Events sent to the worker before the measured phases (its first batches load and warm up the scorer)."""
 
 
 def isolated(settings: Settings) -> Settings:
