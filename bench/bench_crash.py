@@ -176,8 +176,6 @@ def freeze_round(base: Settings, scorer: Scorer, artefact: Path, sessions: list[
         return row | {"died": died}
     finally:
         for worker in workers:
-            if worker.alive():
-                worker.thaw()  # a frozen process would not stop
             worker.stop()
 
 

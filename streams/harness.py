@@ -5,6 +5,7 @@ the same way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -101,18 +102,22 @@ class WorkerProcess:
     def freeze(self) -> None:
         """Stop the worker and its scorer (SIGSTOP) as a paused VM or a long stall would: no heartbeat, no work,
         nothing closed."""
-        assert self.process is not None
-        for pid in [self.process.pid, *child_pids(self.process.pid)]:
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_with_children(signal.SIGSTOP)
 
     def thaw(self) -> None:
         """Let a frozen worker and its scorer go on (SIGCONT) where they stopped."""
+        self._signal_with_children(signal.SIGCONT)
+
+    def _signal_with_children(self, signum: int) -> None:
         assert self.process is not None
         for pid in [self.process.pid, *child_pids(self.process.pid)]:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # a child that has just ended
+                os.kill(pid, signum)
 
     def stop(self) -> None:
+        """SIGTERM, and SIGKILL after 60 s; a frozen worker is thawed first (frozen, it could not stop)."""
         if self.alive():
+            self.thaw()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=60)
