@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--int8", action="store_true",
                            help="score the item product in int8 on the CPU and its top 64 candidates again in "
                                 "float32: the float32 top-K set bar near-ties; it saves scorer CPU only at small "
-                                "batches on the CPUs measured (docs/export.md; check a model with `igrec parity "
-                                "--int8`)")
+                                "batches and with wide item embeddings on the CPUs measured (D = 100, not D = 32: "
+                                "docs/export.md; check a model with `igrec parity --int8`)")
     worker.add_argument("--scorer-nice", type=int, default=-10,
                         help="added to the scorer process's nice value (negative: higher priority, needs "
                              "CAP_SYS_NICE, else ignored; 0: leave it)")
