@@ -229,9 +229,15 @@ def _task_cpu(pid: int) -> list[tuple[str, float]]:
             stat = (task / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
+        fields = _stat_fields(stat)
         found.append((stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / tick))
     return found
+
+
+def _stat_fields(stat: str) -> list[str]:
+    """The fields of a /proc ``stat`` line after the command name, state first (field 3 of proc(5)): the name
+    may hold spaces and parentheses, so the split starts after its last ")"."""
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def process_cpu(pid: int | None) -> float:
@@ -398,7 +404,7 @@ def process_age_s(pid: int | None) -> float | None:
     if pid is None:
         return None
     try:
-        started_ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        started_ticks = int(_stat_fields(Path(f"/proc/{pid}/stat").read_text())[19])
         uptime_s = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, IndexError, ValueError):
         return None
