@@ -124,7 +124,8 @@ class Scorer:
                 :func:`export.precision.int8_model`): the same top-K set, near-ties aside. On Diginetica
                 (docs/results.md, 2026-12-04 17:36) about 30 % less time at batch 1, none at 32 and up to
                 10 % more at 256 on a 2-core Xeon: the product is cheaper, its row scales and 64 candidates
-                cost more. Ignored with a warning on GPU.
+                cost more. With narrower item embeddings it loses (D = 32: slower at batch 16 and 64,
+                docs/export.md). Ignored with a warning on GPU.
             history: feed users' histories to the history inputs. None follows the card's
                 ``graphs.history_trained``: a network trained without histories (every split dataset so far)
                 has untrained history weights, so real histories would only add noise; it then scores every
